@@ -1,0 +1,1 @@
+"""Auxiliary losses of the missing-modality methods (one module per loss family)."""

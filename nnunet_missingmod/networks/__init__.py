@@ -1,0 +1,1 @@
+"""Network architectures that take an availability mask (one module per architecture family)."""

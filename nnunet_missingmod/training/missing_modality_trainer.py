@@ -1,0 +1,168 @@
+"""Base trainer of every missing-modality method, and the early-fusion modality-dropout baseline."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+from torch import autocast
+from torch._dynamo import OptimizedModule
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunet_missingmod.modalities import case_availability, draw_availability, modality_names, subset_name, \
+    mask_to_subset, zero_missing
+from nnunet_missingmod.networks.base import MissingModalityNetwork
+
+#: keys of the ``mm_schedule`` block a plans configuration may carry (see ``nnUNetv2_mm_small_config``)
+SCHEDULE_KEYS = ('num_epochs', 'num_iterations_per_epoch', 'num_val_iterations_per_epoch')
+
+
+class nnUNetTrainerMissingModality(nnUNetTrainer):
+    """nnU-Net's training loop plus modality dropout and the availability-mask / auxiliary-loss protocol.
+
+    Per training sample an availability mask is drawn (:func:`~nnunet_missingmod.modalities.draw_availability`),
+    ANDed with the channels really present in that case (zero-filled channel files of clinical data sets), the
+    missing channels are zeroed *after* nnU-Net's augmentation, and the mask is passed to networks that follow the
+    :class:`~nnunet_missingmod.networks.base.MissingModalityNetwork` protocol. Auxiliary losses returned by the
+    network are weighted by :attr:`aux_loss_weights` and every term is logged per epoch together with how often
+    each modality subset was drawn.
+
+    Validation (nnU-Net's pseudo Dice) and the final validation use all present modalities.
+
+    A plans configuration may carry an ``mm_schedule`` block (``num_epochs``, ``num_iterations_per_epoch``,
+    ``num_val_iterations_per_epoch``): the small CPU configuration uses it so that demos and tests train briefly
+    without trainer variants.
+    """
+
+    #: draw a modality subset per sample during training
+    modality_dropout: bool = True
+    #: extra probability of keeping every present modality (on top of the uniform draw over subsets)
+    full_set_probability: float = 0.0
+    #: weight of each auxiliary loss the network returns; an unweighted term is an error
+    aux_loss_weights: Dict[str, float] = {}
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        schedule = self.configuration_manager.configuration.get('mm_schedule', {})
+        unknown = set(schedule) - set(SCHEDULE_KEYS)
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)} in mm_schedule of configuration {configuration!r}; "
+                             f"allowed are {SCHEDULE_KEYS}")
+        for key, value in schedule.items():
+            setattr(self, key, int(value))
+        self.modality_names = modality_names(dataset_json)
+        self.rng = np.random.default_rng()
+        self._present_channels: Dict[str, np.ndarray] = {}
+        self._epoch_terms: Dict[str, List[float]] = defaultdict(list)
+        self._epoch_subsets: Counter = Counter()
+
+    # ----------------------------------------------------------------- network access
+    @property
+    def bare_network(self) -> torch.nn.Module:
+        """The network without DDP / torch.compile wrappers."""
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        mod = self.bare_network
+        if isinstance(mod, MissingModalityNetwork):
+            mod.set_deep_supervision_enabled(enabled)
+        else:
+            super().set_deep_supervision_enabled(enabled)
+
+    # ----------------------------------------------------------------- availability
+    def present_channels(self, key: str) -> np.ndarray:
+        """(M,) mask of the channels of training case ``key`` that are not all zero (cached per case)."""
+        if key not in self._present_channels:
+            data = self.dataset_class(self.preprocessed_dataset_folder, [key]).load_case(key)[0]
+            self._present_channels[key] = case_availability(np.stack([np.asarray(data[c])
+                                                                      for c in range(data.shape[0])]))
+        return self._present_channels[key]
+
+    def draw_batch_availability(self, keys) -> torch.Tensor:
+        """(B, M) training mask: modality dropout ANDed with the channels present in each case."""
+        masks = []
+        for key in keys:
+            present = self.present_channels(key)
+            if not present.any():
+                raise RuntimeError(f"training case {key} has no modality with non-zero voxels")
+            mask = draw_availability(present, self.rng, self.full_set_probability) if self.modality_dropout \
+                else present
+            self._epoch_subsets[subset_name(mask_to_subset(mask), self.modality_names)] += 1
+            masks.append(mask)
+        return torch.from_numpy(np.stack(masks))
+
+    # ----------------------------------------------------------------- losses
+    def compute_loss(self, output, aux: Dict[str, torch.Tensor], target, availability: torch.Tensor
+                     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Total loss and its unweighted terms: nnU-Net's segmentation loss + weighted auxiliary losses.
+
+        Names in ``aux`` starting with ``'_'`` are extra network outputs for subclasses, not losses.
+        """
+        terms = {'seg': self.loss(output, target)}
+        terms.update({k: v for k, v in aux.items() if not k.startswith('_')})
+        unweighted = [k for k in terms if k != 'seg' and k not in self.aux_loss_weights]
+        if unweighted:
+            raise KeyError(f"{type(self).__name__}.aux_loss_weights has no weight for {unweighted}")
+        total = terms['seg'] + sum(self.aux_loss_weights[k] * v for k, v in terms.items() if k != 'seg')
+        return total, terms
+
+    # ----------------------------------------------------------------- training loop
+    def on_train_epoch_start(self):
+        self._epoch_terms.clear()
+        self._epoch_subsets.clear()
+        super().on_train_epoch_start()
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch['data']
+        target = batch['target']
+        availability = self.draw_batch_availability(batch['keys'])
+        data = zero_missing(data, availability).to(self.device, non_blocking=True)
+        availability = availability.to(self.device, non_blocking=True)
+        if isinstance(target, list):
+            target = [i.to(self.device, non_blocking=True) for i in target]
+        else:
+            target = target.to(self.device, non_blocking=True)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+            if isinstance(self.bare_network, MissingModalityNetwork):
+                output, aux = self.network(data, availability, return_aux=True)
+            else:
+                output, aux = self.network(data), {}
+            loss, terms = self.compute_loss(output, aux, target, availability)
+
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        for name, value in terms.items():
+            self._epoch_terms[name].append(float(value.detach()))
+        return {'loss': loss.detach().cpu().numpy()}
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        if len(self._epoch_terms) > 1:
+            self.print_to_log_file('train loss terms (unweighted): ' + ', '.join(
+                f'{k} {np.mean(v):.4f}' for k, v in self._epoch_terms.items()))
+        self.print_to_log_file('modality subsets drawn: ' + ', '.join(
+            f'{name} {count}' for name, count in sorted(self._epoch_subsets.items())))
+
+
+class nnUNetTrainerModalityDropout(nnUNetTrainerMissingModality):
+    """Early fusion (nnU-Net's own network, all modalities stacked as channels) trained with modality dropout.
+
+    The strong simple baseline of the missing-modality literature: the network is unchanged, so it runs with the
+    stock ``nnUNetv2_predict`` on zero-filled modalities. Subsets are uniform over the non-empty subsets of the
+    present modalities.
+    """
