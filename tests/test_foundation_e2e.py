@@ -1,0 +1,94 @@
+"""End to end through nnU-Net's own console commands: discovery, training, continuation, prediction."""
+import importlib
+import inspect
+import os
+import pkgutil
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from conftest import DATASET_ID, run
+from nnunet_missingmod.env import EXT_TRAINER_DIR, ext_trainer_path
+
+
+def our_trainer_names():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    names = set()
+    for info in pkgutil.iter_modules([EXT_TRAINER_DIR]):
+        module = importlib.import_module(f'nnunet_missingmod.training.nnUNet_extTrainer.{info.name}')
+        names |= {n for n, c in inspect.getmembers(module, inspect.isclass) if issubclass(c, nnUNetTrainer)}
+    return sorted(names)
+
+
+def test_env_command_prints_an_export_line_and_keeps_other_paths():
+    out = subprocess.run(['nnUNetv2_mm_env'], capture_output=True, text=True, check=True,
+                         env={**os.environ, 'nnUNet_extTrainer': '/opt/other'}).stdout.strip()
+    assert out == f'export nnUNet_extTrainer={EXT_TRAINER_DIR}{os.pathsep}/opt/other'
+    assert ext_trainer_path(ext_trainer_path('')) == EXT_TRAINER_DIR  # idempotent
+    # the folder nnU-Net searches holds only our (re-exporting) trainer modules
+    assert all(f.endswith('.py') or f == '__pycache__' for f in os.listdir(EXT_TRAINER_DIR))
+
+
+def test_every_trainer_is_found_by_nnunet_in_a_new_shell():
+    names = our_trainer_names()
+    assert 'nnUNetTrainerModalityDropout' in names
+    script = ('from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n'
+              'import sys\n'
+              'for name in sys.argv[1:]:\n'
+              '    cls = find(name)\n'
+              '    assert cls.__name__ == name and cls.__module__.startswith("nnunet_missingmod."), cls\n'
+              'print("found", len(sys.argv) - 1)\n')
+    env = {k: v for k, v in os.environ.items() if k != 'nnUNet_extTrainer'}
+    result = subprocess.run(['bash', '-c', f'eval "$(nnUNetv2_mm_env)" && "{sys.executable}" -c \'{script}\' "$@"',
+                             'bash', *names], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f'found {len(names)}' in result.stdout
+
+
+def test_modality_dropout_trains_logs_subsets_and_predicts_zero_filled_cases(nnunet_dataset, trained_model, tmp_path):
+    folder = trained_model('nnUNetTrainerModalityDropout')
+    log = next((folder / 'fold_0').glob('training_log_*.txt')).read_text()
+    assert 'modality subsets drawn:' in log
+    checkpoint = torch.load(folder / 'fold_0' / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
+    assert checkpoint['trainer_name'] == 'nnUNetTrainerModalityDropout'
+
+    # stock nnUNetv2_predict with FLAIR (channel 3) zero-filled in one case
+    images = tmp_path / 'images'
+    images.mkdir()
+    case = sorted(p.name[:-12] for p in (nnunet_dataset.raw / 'imagesTr').glob('*_0000.nii.gz'))[0]
+    for c in range(4):
+        shutil.copy(nnunet_dataset.raw / 'imagesTr' / f'{case}_{c:04d}.nii.gz', images)
+    flair = nib.load(images / f'{case}_0003.nii.gz')
+    nib.save(nib.Nifti1Image(np.zeros(flair.shape, np.float32), flair.affine, flair.header),
+             images / f'{case}_0003.nii.gz')
+    out = tmp_path / 'pred'
+    run(['nnUNetv2_predict', '-i', str(images), '-o', str(out), '-d', str(DATASET_ID), '-c',
+         nnunet_dataset.configuration, '-tr', 'nnUNetTrainerModalityDropout', '-f', '0', '-device', 'cpu',
+         '--disable_tta'], nnunet_dataset.env)
+    seg = nib.load(out / f'{case}.nii.gz')
+    assert seg.shape == flair.shape
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+
+
+def test_continue_training_with_c(nnunet_dataset):
+    config = '3d_smoke_continue'
+
+    def small_config(epochs):
+        run([sys.executable, '-m', 'nnunet_missingmod.small_config', '-d', str(DATASET_ID), '-c', config,
+             '--patch', '32', '32', '32', '--features', '4', '8', '16', '--epochs', str(epochs),
+             '--iterations', '2', '--val-iterations', '1'], nnunet_dataset.env)
+
+    train = ['nnUNetv2_train', str(DATASET_ID), config, '0', '-tr', 'nnUNetTrainerModalityDropout',
+             '-device', 'cpu', '--npz']
+    small_config(1)
+    run(train, nnunet_dataset.env)
+    small_config(2)
+    result = run(train + ['-c'], nnunet_dataset.env)
+    fold = nnunet_dataset.results / f'nnUNetTrainerModalityDropout__nnUNetPlans__{config}' / 'fold_0'
+    checkpoint = torch.load(fold / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
+    assert checkpoint['current_epoch'] == 2
+    assert 'Epoch 1' in result.stdout and 'Epoch 0\n' not in result.stdout
