@@ -1,0 +1,12 @@
+"""BraTS 2018 -> nnU-Net raw `Dataset218_BraTS2018` (channels T1, T1ce, T2, FLAIR; region-based labels).
+
+Usage (source e.g. the unpacked MICCAI_BraTS_2018_Data_Training; its HGG/LGG sub-folders are searched recursively):
+
+    python -m nnunet_missingmod.dataset_conversion.Dataset218_BraTS2018 -i SRC [--split SPLIT.json] [--overwrite]
+
+All options of `nnUNetv2_mm_convert_brats` apply; id, name and layout (brats2020) are only defaults.
+"""
+from nnunet_missingmod.dataset_conversion.brats import year_main
+
+if __name__ == '__main__':
+    year_main(218, 'BraTS2018', 'brats2020')
