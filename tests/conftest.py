@@ -76,7 +76,9 @@ def nnunet_dataset(tmp_path_factory) -> NnUNetDataset:
          '-o', str(source), '-n', str(N_CASES), '--seed', '0'], env)
     run([sys.executable, '-m', 'nnunet_missingmod.dataset_conversion.brats',
          '-i', str(source), '-d', str(DATASET_ID), '-n', 'SynthTest'], env)
-    run(['nnUNetv2_plan_and_preprocess', '-d', str(DATASET_ID), '-c', '3d_fullres', '-np', '2'], env)
+    # planning calls torch.set_num_threads(nnUNet_n_proc_DA), which must be positive
+    run(['nnUNetv2_plan_and_preprocess', '-d', str(DATASET_ID), '-c', '3d_fullres', '-np', '2'],
+        {**env, 'nnUNet_n_proc_DA': '1'})
     run([sys.executable, '-m', 'nnunet_missingmod.small_config', '-d', str(DATASET_ID), '-c', SMOKE_CONFIG,
          '--patch', '32', '32', '32', '--features', '4', '8', '16', '--batch-size', '2',
          '--epochs', '1', '--iterations', '2', '--val-iterations', '1'], env)
