@@ -1,0 +1,202 @@
+"""Parallel single-modality network of the Hölder-MI paper: channel encoders f_i + one shared U-Net backbone T.
+
+``h_i = T(f_i(x_i); theta)`` for every *available* modality i, and the dynamic combination (DC module) predicts a
+modality subset S as the mean of its members' outputs ``Y_S = mean_{i in S} h_i`` (Algorithm 1, step 3).
+
+* **f_i** are one grouped convolution (``groups = M``: modality i only sees channel i) followed by the plans' norm
+  and non-linearity, mapping every modality into the same C-channel space (C = the backbone's first width). Being
+  one parameter tensor for all modalities, it is always part of the graph, which keeps DDP with
+  ``find_unused_parameters=False`` working whatever modalities a rank's batch happens to contain.
+* **T** is the plans' own architecture (``network_arch_class_name``, e.g. ``PlainConvUNet``, with its kwargs
+  resolved like nnU-Net's ``get_network_from_plans``) built with ``C`` input channels and its widths multiplied by
+  ``width_factor``. It runs *once* on all available (sample, modality) pairs stacked into the batch dimension, so
+  the cost is proportional to the number of available modalities (the paper's Theorem 4) and there is no Python
+  loop over modalities. At inference missing modalities get no backbone pass at all.
+* **Combination of logits.** ``Y_S`` averages the per-modality *logits* (pre-sigmoid/softmax). Averaging logits is a
+  product of experts in probability space (sigmoid/softmax of a mean of logits); it keeps the output a plain logit
+  tensor that nnU-Net's losses, its sliding-window Gaussian blending and its export (``apply_inference_nonlin``)
+  consume unchanged, and it is what Algorithm 1 writes (``Mean({h_i})`` of the backbone outputs).
+
+In training mode the network also enumerates/draws the modality subsets of Algorithm 1 (:meth:`training_subsets`)
+and returns, besides the prediction for the given mask:
+
+* ``aux['_subset_outputs']``: per deep-supervision level the predictions of every subset, (S, B, K, *spatial);
+* ``aux['_subsets']``: the (S, B, M) subset masks;
+* ``aux['_features']``: the per-pair encoder features of the MI levels (N, C_k, *spatial) and
+  ``aux['_pair_index']`` (N, 2) (sample, modality) of each pair;
+* ``aux['mi']``: the unweighted L_MI (Eq. 4-5) between ``d_f`` (mean over the sample's available modalities) and
+  ``d_m`` (mean over the subset), when the network was built with an MI module.
+"""
+from __future__ import annotations
+
+import pydoc
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+
+from nnunet_missingmod.losses.mutual_information import VariationalMILoss
+from nnunet_missingmod.modalities import draw_availability
+from nnunet_missingmod.networks.base import MissingModalityNetwork
+
+
+def resolve_arch_kwargs(arch_kwargs: dict, requires_import: Sequence[str]) -> dict:
+    """Plans ``arch_kwargs`` with the ``_kw_requires_import`` entries turned into classes (as nnU-Net does)."""
+    kwargs = dict(arch_kwargs)
+    for key in requires_import:
+        if kwargs.get(key) is not None:
+            located = pydoc.locate(kwargs[key])
+            if located is None:
+                raise ImportError(f"cannot import {kwargs[key]!r} (plans architecture kwarg {key!r})")
+            kwargs[key] = located
+    return kwargs
+
+
+def scale_widths(features_per_stage, n_stages: int, width_factor: float) -> list:
+    """Widths multiplied by ``width_factor`` (rounded, at least 1)."""
+    if isinstance(features_per_stage, int):
+        features_per_stage = [features_per_stage] * n_stages
+    return [max(1, int(round(f * width_factor))) for f in features_per_stage]
+
+
+def combine_pairs(values: torch.Tensor, pair_index: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
+    """Mean over the modalities of each subset: (N, *rest) pair values -> (S, B, *rest).
+
+    ``pair_index`` (N, 2) holds (sample, modality) of each row of ``values``; ``subsets`` (S, B, M) bool. Pairs whose
+    modality is not in a subset (or not present) do not contribute; every (subset, sample) must contain at least one
+    pair. One matrix product, differentiable w.r.t. ``values``.
+    """
+    S, B, _ = subsets.shape
+    n = values.shape[0]
+    member = subsets[:, pair_index[:, 0], pair_index[:, 1]]                        # (S, N)
+    of_sample = pair_index[:, 0].unsqueeze(0) == torch.arange(B, device=values.device).unsqueeze(1)  # (B, N)
+    weights = (member.unsqueeze(1) & of_sample.unsqueeze(0)).to(values.dtype)     # (S, B, N)
+    counts = weights.sum(-1, keepdim=True)
+    if bool((counts == 0).any()):
+        raise ValueError("a (subset, sample) combination contains no available modality")
+    weights = (weights / counts).reshape(S * B, n)
+    return (weights @ values.reshape(n, -1)).reshape(S, B, *values.shape[1:])
+
+
+class SharedBackboneNetwork(MissingModalityNetwork):
+    """Channel encoders f_i + shared backbone T + dynamic combination (+ optional MI heads for L_MI).
+
+    Args:
+        num_modalities: M.
+        num_classes: segmentation heads (regions or classes).
+        backbone_class: the plans' architecture class (must expose ``encoder`` returning skips and ``decoder``).
+        backbone_kwargs: its resolved kwargs without ``input_channels``/``num_classes`` (widths already scaled).
+        channel_encoder_kernel: kernel size of f_i (1 or 3 in the paper's spirit; 3 by default).
+        mi_num_levels: number of deepest encoder stages used for L_MI (``None`` = all; 0 = no MI module).
+        mi_gamma0, mi_sigma_min: see :class:`~nnunet_missingmod.losses.mutual_information.VariationalMILoss`.
+        subsets_per_step: ``None`` = all non-empty subsets of the available modalities per training step
+            (Algorithm 1); an int draws that many subsets uniformly per sample.
+    """
+
+    def __init__(self, num_modalities: int, num_classes: int, backbone_class, backbone_kwargs: dict,
+                 channel_encoder_kernel: int = 3, mi_num_levels: Optional[int] = None, mi_gamma0: float = 1.0,
+                 mi_sigma_min: float = 1e-2, subsets_per_step: Optional[int] = None, seed: Optional[int] = None):
+        super().__init__()
+        self.num_modalities = int(num_modalities)
+        widths = backbone_kwargs['features_per_stage']
+        n_stages = backbone_kwargs['n_stages']
+        self.common_channels = widths[0] if not isinstance(widths, int) else widths
+        conv_op = backbone_kwargs['conv_op']
+        norm_op = backbone_kwargs.get('norm_op')
+        nonlin = backbone_kwargs.get('nonlin')
+        layers = [conv_op(num_modalities, num_modalities * self.common_channels, channel_encoder_kernel,
+                          padding=channel_encoder_kernel // 2, groups=num_modalities, bias=True)]
+        if norm_op is not None:
+            layers.append(norm_op(num_modalities * self.common_channels, **(backbone_kwargs.get('norm_op_kwargs') or {})))
+        if nonlin is not None:
+            layers.append(nonlin(**(backbone_kwargs.get('nonlin_kwargs') or {})))
+        self.channel_encoders = nn.Sequential(*layers)
+        self.backbone = backbone_class(input_channels=self.common_channels, num_classes=num_classes, **backbone_kwargs)
+        if not (hasattr(self.backbone, 'encoder') and hasattr(self.backbone, 'decoder')):
+            raise TypeError(f"{backbone_class.__name__} has no encoder/decoder pair; the shared backbone needs a "
+                            f"U-Net of dynamic_network_architectures (e.g. PlainConvUNet, ResidualEncoderUNet)")
+        init = getattr(self.backbone, 'initialize', InitWeights_He(1e-2))
+        self.backbone.apply(init)
+        self.channel_encoders.apply(init)
+
+        stage_widths = scale_widths(widths, n_stages, 1.0)
+        k = n_stages if mi_num_levels is None else int(mi_num_levels)
+        if not 0 <= k <= n_stages:
+            raise ValueError(f"mi_num_levels must be between 0 and {n_stages}, got {mi_num_levels}")
+        self.mi_stages = tuple(range(n_stages - k, n_stages))          # 0-based encoder stages used for L_MI
+        self.mi = VariationalMILoss([stage_widths[s] for s in self.mi_stages], [s + 1 for s in self.mi_stages],
+                                    conv_op, mi_gamma0, mi_sigma_min) if k else None
+        self.subsets_per_step = subsets_per_step
+        self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def from_plans(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
+                   deep_supervision: bool = True, width_factor: float = 1.0, **kwargs) -> 'SharedBackboneNetwork':
+        """Build T from the plans' architecture (class, kwargs, ``_kw_requires_import``) with scaled widths."""
+        backbone_class = pydoc.locate(configuration_manager.network_arch_class_name)
+        if backbone_class is None:
+            raise ImportError(f"network class {configuration_manager.network_arch_class_name!r} of the plans "
+                              f"cannot be imported")
+        bk = resolve_arch_kwargs(configuration_manager.network_arch_init_kwargs,
+                                 configuration_manager.network_arch_init_kwargs_req_import)
+        bk['features_per_stage'] = scale_widths(bk['features_per_stage'], bk['n_stages'], width_factor)
+        bk['deep_supervision'] = deep_supervision
+        return cls(num_input_channels, num_output_channels, backbone_class, bk, **kwargs)
+
+    # ------------------------------------------------------------------ subsets
+    def training_subsets(self, availability: torch.Tensor) -> torch.Tensor:
+        """(S, B, M) bool subsets of each sample's available modalities used in one training step.
+
+        ``subsets_per_step is None`` (Algorithm 1): subset code ``c = 1 .. 2^k - 1`` (k = largest number of available
+        modalities in the batch) selects, in every sample, the available modalities whose *rank* among that
+        sample's available ones has bit set in ``c``; an empty selection (a sample with fewer available modalities)
+        falls back to all its available modalities. For a batch whose samples have the same number of available
+        modalities (complete data: every sample), this is exactly the enumeration of all non-empty subsets.
+        ``subsets_per_step = n``: n subsets drawn uniformly (over non-empty subsets) per sample.
+        """
+        avail = availability.cpu().numpy().astype(bool)
+        B, M = avail.shape
+        if self.subsets_per_step is None:
+            k_max = int(avail.sum(1).max())
+            masks = np.zeros((2 ** k_max - 1, B, M), dtype=bool)
+            for b in range(B):
+                idx = np.flatnonzero(avail[b])
+                for code in range(1, 2 ** k_max):
+                    chosen = [idx[j] for j in range(idx.size) if code >> j & 1]
+                    masks[code - 1, b, chosen if chosen else idx] = True
+        else:
+            masks = np.stack([np.stack([draw_availability(avail[b], self.rng) for b in range(B)])
+                              for _ in range(int(self.subsets_per_step))])
+        return torch.from_numpy(masks).to(availability.device)
+
+    # ------------------------------------------------------------------ forward
+    def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor):
+        B, M = availability.shape
+        if M != self.num_modalities:
+            raise ValueError(f"network built for {self.num_modalities} modalities, got {M} channels")
+        d = self.channel_encoders(x)
+        d = d.reshape(B, M, self.common_channels, *d.shape[2:])
+        pair_index = availability.nonzero()                                         # (N, 2): (sample, modality)
+        skips = self.backbone.encoder(d[pair_index[:, 0], pair_index[:, 1]])       # one batched backbone pass
+        out = self.backbone.decoder(skips)
+        outputs = out if isinstance(out, (list, tuple)) else [out]
+        full = availability.unsqueeze(0)
+        seg = [combine_pairs(o, pair_index, full)[0] for o in outputs]
+        seg = seg if isinstance(out, (list, tuple)) else seg[0]
+        if not self.training:
+            return seg, {}
+
+        subsets = self.training_subsets(availability)
+        features = [skips[s] for s in self.mi_stages]
+        aux = {'_subset_outputs': [combine_pairs(o, pair_index, subsets) for o in outputs],
+               '_subsets': subsets, '_features': features, '_pair_index': pair_index}
+        if self.mi is not None:
+            d_full = [combine_pairs(f, pair_index, full)[0] for f in features]      # (B, C, ...): teacher
+            d_missing = [combine_pairs(f, pair_index, subsets) for f in features]  # (S, B, C, ...): students
+            # d_m = d_f carries no transfer (and its NLL is unbounded below): weight 0
+            proper = (subsets != full).any(-1)
+            aux['mi'] = self.mi(d_full, d_missing, proper)
+        return seg, aux

@@ -1,0 +1,125 @@
+"""Hölder pseudo-divergence (Eq. 1-2) and the Table IV alternatives."""
+import numpy as np
+import pytest
+import torch
+
+from nnunet_missingmod.losses.divergences import DIVERGENCES, divergence_loss, divergence_map, get_divergence, \
+    holder_divergence
+
+ALTERNATIVES = [n for n in DIVERGENCES if n != 'holder']
+
+
+def numpy_holder(p, q, alpha):
+    """Eq. 2 evaluated literally over the last axis."""
+    beta = alpha / (alpha - 1)
+    return -np.log((p * q).sum(-1) / ((p ** alpha).sum(-1) ** (1 / alpha) * (q ** beta).sum(-1) ** (1 / beta)))
+
+
+def test_holder_matches_numpy_categorical_soft_label():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 4, 3, 3)).astype(np.float64)
+    q = rng.dirichlet(np.ones(4), size=(2, 3, 3)).transpose(0, 3, 1, 2)
+    ours = divergence_map(torch.from_numpy(logits), torch.from_numpy(q), 'softmax', 'holder', alpha=1.1)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    expected = numpy_holder(p.transpose(0, 2, 3, 1), q.transpose(0, 2, 3, 1), 1.1)
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-6, atol=1e-9)
+    assert expected.min() > 0
+
+
+@pytest.mark.parametrize('alpha', [1.05, 1.1, 1.5])
+def test_holder_matches_numpy_bernoulli_one_hot(alpha):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=2, size=(2, 3, 4, 4))
+    labels = (rng.random((2, 3, 4, 4)) > 0.5).astype(np.float64)
+    ours = divergence_map(torch.from_numpy(logits), torch.from_numpy(labels), 'sigmoid', 'holder', alpha=alpha)
+    p = 1 / (1 + np.exp(-logits))
+    expected = numpy_holder(np.stack([p, 1 - p], -1), np.stack([labels, 1 - labels], -1), alpha)
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-5)
+    # Eq. 1: the loss is the voxel (and region) mean
+    assert float(divergence_loss(torch.from_numpy(logits), torch.from_numpy(labels), 'sigmoid', alpha=alpha)) == \
+        pytest.approx(expected.mean(), rel=1e-5)
+
+
+def test_holder_zero_at_one_hot_and_decreasing_towards_label():
+    label = torch.tensor([[0.0, 1.0, 0.0]])
+    one_hot_logp = torch.log(label.clamp(min=1e-7))
+    assert float(holder_divergence(one_hot_logp, one_hot_logp, dim=1)) < 1e-6
+    # predictions moving towards the label: strictly decreasing, always >= 0
+    values = []
+    for t in [0.0, 1.0, 2.0, 4.0, 8.0, 16.0]:
+        logits = torch.tensor([[0.5, 0.0 + t, -0.3]])
+        values.append(float(divergence_map(logits, label, 'softmax', 'holder')))
+    assert all(v >= 0 for v in values)
+    assert all(a > b for a, b in zip(values, values[1:])), values
+    assert values[-1] < 1e-5
+
+
+def test_holder_one_hot_label_finite_gradients():
+    logits = torch.tensor([[[30.0], [-30.0], [0.0]]], requires_grad=True)
+    label = torch.tensor([[[0.0], [1.0], [0.0]]])
+    loss = divergence_loss(logits, label, 'softmax')
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert float(loss.detach()) > 1  # confidently wrong prediction: large divergence
+
+
+def test_holder_alpha_must_exceed_one():
+    with pytest.raises(ValueError, match='alpha'):
+        holder_divergence(torch.zeros(2), torch.zeros(2), dim=0, alpha=1.0)
+
+
+@pytest.mark.parametrize('name', ALTERNATIVES + ['holder'])
+def test_divergences_zero_at_equality_and_nonnegative(name):
+    fn = get_divergence(name)
+    rng = np.random.default_rng(2)
+    # equality: one-hot label vs the same (clamped) one-hot prediction
+    one_hot = torch.eye(4, dtype=torch.float64)
+    log_one_hot = torch.log(one_hot.clamp(min=1e-7))
+    assert float(fn(log_one_hot, log_one_hot, dim=1).abs().max()) < 1e-5
+    # random pairs of distributions: >= 0, and > 0 when they differ
+    p = torch.from_numpy(rng.dirichlet(np.ones(4), size=50))
+    q = torch.from_numpy(rng.dirichlet(np.ones(4), size=50))
+    values = fn(p.log(), q.log(), dim=1)
+    assert float(values.min()) > 0
+    if name != 'holder':  # Hölder is a pseudo-divergence: zero iff p^alpha ~ q^beta, not at p = q
+        assert float(fn(p.log(), p.log(), dim=1).abs().max()) < 1e-10
+
+
+def test_alternatives_closed_forms():
+    p = torch.tensor([0.2, 0.8], dtype=torch.float64)
+    q = torch.tensor([0.6, 0.4], dtype=torch.float64)
+    lp, lq = p.log(), q.log()
+    assert float(get_divergence('kl')(lp, lq, 0)) == pytest.approx(0.6 * np.log(3) + 0.4 * np.log(0.5))
+    assert float(get_divergence('total_variation')(lp, lq, 0)) == pytest.approx(0.4)
+    assert float(get_divergence('squared_hellinger')(lp, lq, 0)) == pytest.approx(
+        1 - np.sqrt(0.12) - np.sqrt(0.32))
+    assert float(get_divergence('neyman_chi2')(lp, lq, 0)) == pytest.approx(0.16 / 0.2 + 0.16 / 0.8)
+    m = np.array([0.4, 0.6])
+    js = 0.5 * (0.2 * np.log(0.2 / 0.4) + 0.8 * np.log(0.8 / 0.6)) + 0.5 * (0.6 * np.log(0.6 / 0.4) + 0.4 * np.log(0.4 / 0.6))
+    assert float(get_divergence('JENSEN_SHANNON')(lp, lq, 0)) == pytest.approx(js)
+
+
+def test_one_hot_labels_stay_finite_for_all():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    labels = (torch.rand(2, 3, 4, 4) > 0.5).float()
+    for name in DIVERGENCES:
+        loss = divergence_loss(logits, labels, 'sigmoid', name)
+        grad, = torch.autograd.grad(loss, logits)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all(), name
+
+
+def test_mask_and_broadcast_over_subsets():
+    logits = torch.randn(3, 2, 2, 4, 4)  # (S, B, R, ...)
+    labels = (torch.rand(2, 2, 4, 4) > 0.5).float()
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    mask[:, :, :2] = True
+    masked = divergence_loss(logits, labels, 'sigmoid', dim=2, mask=mask)
+    direct = divergence_map(logits, labels, 'sigmoid', dim=2)[..., :2, :].mean()
+    assert float(masked) == pytest.approx(float(direct), rel=1e-6)
+
+
+def test_unknown_names():
+    with pytest.raises(ValueError, match='unknown divergence'):
+        get_divergence('wasserstein')
+    with pytest.raises(ValueError, match='mode'):
+        divergence_map(torch.zeros(1, 2), torch.zeros(1, 2), 'tanh')

@@ -1,0 +1,269 @@
+"""Shared-backbone network, dynamic combination, nnUNetTrainerHolderMI losses, DDP and the nnU-Net round trip."""
+import inspect
+import socket
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+from nnunet_missingmod.losses.divergences import divergence_loss
+from nnunet_missingmod.modalities import all_subsets, subset_to_mask
+from nnunet_missingmod.networks.shared_backbone import SharedBackboneNetwork, combine_pairs
+from nnunet_missingmod.training import holder_mi_trainer as hm
+
+M = 4
+
+
+def configuration(features=(4, 8, 16)) -> ConfigurationManager:
+    n = len(features)
+    return ConfigurationManager({'architecture': {
+        'network_class_name': 'dynamic_network_architectures.architectures.unet.PlainConvUNet',
+        'arch_kwargs': {
+            'n_stages': n, 'features_per_stage': list(features), 'conv_op': 'torch.nn.modules.conv.Conv3d',
+            'kernel_sizes': [[3, 3, 3]] * n, 'strides': [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+            'n_conv_per_stage': [2] * n, 'n_conv_per_stage_decoder': [2] * (n - 1), 'conv_bias': True,
+            'norm_op': 'torch.nn.modules.instancenorm.InstanceNorm3d',
+            'norm_op_kwargs': {'eps': 1e-5, 'affine': True}, 'dropout_op': None, 'dropout_op_kwargs': None,
+            'nonlin': 'torch.nn.LeakyReLU', 'nonlin_kwargs': {'inplace': True}},
+        '_kw_requires_import': ['conv_op', 'norm_op', 'dropout_op', 'nonlin']}})
+
+
+def network(deep_supervision=True, **kwargs) -> SharedBackboneNetwork:
+    torch.manual_seed(0)
+    return SharedBackboneNetwork.from_plans(configuration(), M, 3, deep_supervision, **kwargs)
+
+
+def masks(*rows):
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+# --------------------------------------------------------------------------- network
+def test_widths_and_mi_levels_from_plans():
+    net = SharedBackboneNetwork.from_plans(configuration((8, 16, 32)), M, 3, True, width_factor=0.5,
+                                           mi_num_levels=2, mi_gamma0=0.1)
+    assert [s[0].convs[0].conv.out_channels for s in net.backbone.encoder.stages] == [4, 8, 16]
+    assert net.channel_encoders[0].groups == M and net.channel_encoders[0].out_channels == M * 4
+    assert net.mi_stages == (1, 2)
+    assert net.mi.gammas == pytest.approx((0.2, 0.3))
+    assert SharedBackboneNetwork.from_plans(configuration(), M, 3, True, mi_num_levels=0).mi is None
+
+
+def test_combine_pairs_is_mean_over_subset_members():
+    values = torch.randn(5, 2, 3)
+    pair_index = torch.tensor([[0, 0], [0, 2], [0, 3], [1, 1], [1, 2]])
+    subsets = masks([[1, 0, 1, 1], [0, 1, 1, 0]], [[1, 0, 0, 0], [0, 0, 1, 0]])
+    out = combine_pairs(values, pair_index, subsets)
+    torch.testing.assert_close(out[0, 0], values[:3].mean(0))
+    torch.testing.assert_close(out[0, 1], values[3:].mean(0))
+    torch.testing.assert_close(out[1, 0], values[0])
+    torch.testing.assert_close(out[1, 1], values[4])
+    with pytest.raises(ValueError, match='no available modality'):
+        combine_pairs(values, pair_index, masks([[0, 1, 0, 0], [0, 1, 0, 0]]))
+
+
+def test_prediction_averages_exactly_the_available_modalities():
+    net = network(deep_supervision=False).eval()
+    x = torch.randn(1, M, 8, 8, 8)
+    with torch.no_grad():
+        single = {i: net(x, torch.from_numpy(subset_to_mask([i], M))[None]) for i in range(M)}
+        for subset in [(0, 2), (1, 2, 3), (0, 1, 2, 3)]:
+            combined = net(x, torch.from_numpy(subset_to_mask(subset, M))[None])
+            torch.testing.assert_close(combined, sum(single[i] for i in subset) / len(subset), rtol=1e-4, atol=1e-5)
+    # a missing modality's content is irrelevant: only available ones reach the backbone
+    x2 = x.clone()
+    x2[:, 1] = 100.0
+    with torch.no_grad():
+        torch.testing.assert_close(net(x2, masks([1, 0, 1, 1])), net(x, masks([1, 0, 1, 1])))
+
+
+def test_backbone_passes_scale_with_available_modalities():
+    net = network().eval()
+    seen = []
+    net.backbone.encoder.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    x = torch.randn(2, M, 8, 8, 8)
+    with torch.no_grad():
+        for k in range(1, M + 1):
+            net(x, masks([True] * k + [False] * (M - k), [True] + [False] * (M - 1)))
+        # no mask: availability from all-zero channels (modalities 1 and 3 missing in both samples)
+        x[:, [1, 3]] = 0
+        net(x)
+    assert seen == [k + 1 for k in range(1, M + 1)] + [4]
+    assert net.backbone.encoder.stages[0][0].convs[0].conv.in_channels == net.common_channels
+
+
+def test_finite_outputs_and_losses_under_all_15_masks():
+    net = network().train()
+    x = torch.randn(1, M, 8, 8, 8)
+    for subset in all_subsets(M):
+        availability = torch.from_numpy(subset_to_mask(subset, M))[None]
+        seg, aux = net(x, availability, return_aux=True)
+        assert len(seg) == 2 and seg[0].shape == (1, 3, 8, 8, 8) and seg[1].shape == (1, 3, 4, 4, 4)
+        assert all(torch.isfinite(s).all() for s in seg)
+        n_subsets = 2 ** len(subset) - 1
+        assert aux['_subset_outputs'][0].shape == (n_subsets, 1, 3, 8, 8, 8)
+        assert all(torch.isfinite(o).all() for o in aux['_subset_outputs'])
+        assert torch.isfinite(aux['mi'])
+        if len(subset) == 1:  # d_m = d_f: no transfer, weight 0
+            assert float(aux['mi'].detach()) == 0.0
+        else:
+            assert float(aux['mi'].detach()) != 0.0
+
+
+def test_training_subsets_enumerate_or_draw_within_availability():
+    net = network()
+    full = net.training_subsets(masks([1, 1, 1, 1], [1, 1, 1, 1]))
+    assert full.shape == (15, 2, M)
+    assert {tuple(np.flatnonzero(m)) for m in full[:, 0].numpy()} == set(all_subsets(M))
+    two = net.training_subsets(masks([1, 0, 1, 0], [0, 1, 0, 1]))
+    assert {tuple(np.flatnonzero(m)) for m in two[:, 0].numpy()} == {(0,), (2,), (0, 2)}
+    assert {tuple(np.flatnonzero(m)) for m in two[:, 1].numpy()} == {(1,), (3,), (1, 3)}
+    # uneven availability: every subset stays inside the sample's available set and is never empty
+    uneven = net.training_subsets(masks([1, 1, 1, 0], [0, 0, 1, 0]))
+    assert uneven.shape[0] == 7 and bool((uneven[:, 1] == masks([0, 0, 1, 0])).all())
+    net.subsets_per_step = 5
+    availability = masks([1, 1, 0, 1], [0, 1, 1, 0])
+    drawn = net.training_subsets(availability)
+    assert drawn.shape == (5, 2, M)
+    assert bool((drawn & ~availability).sum() == 0) and bool(drawn.any(-1).all())
+
+
+# --------------------------------------------------------------------------- trainer
+def test_build_network_architecture_is_a_classmethod_with_nnunet_signature():
+    params = inspect.signature(hm.nnUNetTrainerHolderMI.build_network_architecture).parameters
+    assert list(params)[:2] == ['plans_manager', 'configuration_manager']
+    net = hm.nnUNetTrainerHolderMI.build_network_architecture(None, configuration(), M, 3, True)
+    assert isinstance(net, SharedBackboneNetwork) and net.mi is not None and net.subsets_per_step is None
+    assert hm.nnUNetTrainerHolderMI_noMI.build_network_architecture(None, configuration(), M, 3, True).mi is None
+    budget = hm.nnUNetTrainerHolderMI_budget.build_network_architecture(None, configuration((8, 16, 32)), M, 3, False)
+    assert budget.common_channels == round(8 * hm.nnUNetTrainerHolderMI_budget.width_factor)
+    assert budget.subsets_per_step == hm.nnUNetTrainerHolderMI_budget.subsets_per_step
+
+
+def test_variant_hyper_parameters():
+    assert hm.nnUNetTrainerHolderMI.holder_alpha == 1.1 and hm.nnUNetTrainerHolderMI.divergence == 'holder'
+    assert hm.nnUNetTrainerHolderMI_KL.divergence == 'kl'
+    assert hm.nnUNetTrainerHolderMI_alpha1_2.holder_alpha == 1.2
+    assert hm.nnUNetTrainerHolderMI_noHD.lambda_hd == 0 and hm.nnUNetTrainerHolderMI_noMI.lambda_mi == 0
+    from nnunet_missingmod.training.nnUNet_extTrainer import holder_mi_trainers
+    assert holder_mi_trainers.nnUNetTrainerHolderMI_JS is hm.nnUNetTrainerHolderMI_JS
+
+
+def bare_trainer(cls=hm.nnUNetTrainerHolderMI):
+    """A trainer object with only what compute_loss needs (nnU-Net's region loss with deep supervision)."""
+    trainer = object.__new__(cls)
+    trainer.label_manager = LabelManager({'background': 0, 'whole': [1, 2, 3], 'core': [2, 3], 'enh': [3]},
+                                         regions_class_order=[1, 2, 3])
+    loss = DC_and_BCE_loss({}, {'batch_dice': True, 'do_bg': True, 'smooth': 1e-5, 'ddp': False},
+                           use_ignore_label=False, dice_class=MemoryEfficientSoftDiceLoss)
+    trainer.loss = DeepSupervisionWrapper(loss, [2 / 3, 1 / 3])
+    return trainer
+
+
+@pytest.mark.parametrize('cls', [hm.nnUNetTrainerHolderMI, hm.nnUNetTrainerHolderMI_noHD,
+                                 hm.nnUNetTrainerHolderMI_KL])
+def test_compute_loss_is_algorithm_1(cls):
+    trainer = bare_trainer(cls)
+    net = network().train()
+    x = torch.randn(2, M, 8, 8, 8)
+    availability = masks([1, 1, 1, 1], [1, 1, 1, 1])
+    seg, aux = net(x, availability, return_aux=True)
+    target = [(torch.rand(2, 3, 8 // 2 ** i, 8 // 2 ** i, 8 // 2 ** i) > 0.5).float() for i in range(2)]
+    total, terms = trainer.compute_loss(seg, aux, target, availability)
+    outs = aux['_subset_outputs']
+    dice = sum(trainer.loss([o[s] for o in outs], target) for s in range(15)) / 15
+    torch.testing.assert_close(terms['seg'], dice)
+    expected = dice + cls.lambda_mi * aux['mi']
+    if cls.lambda_hd:
+        hd = sum(w * divergence_loss(o, t, 'sigmoid', cls.divergence, cls.holder_alpha, dim=2)
+                 for w, o, t in zip([2 / 3, 1 / 3], outs, target))
+        torch.testing.assert_close(terms['hd'], hd)
+        expected = expected + cls.lambda_hd * hd
+    else:
+        assert 'hd' not in terms
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_holder_loss_softmax_labels_with_ignore():
+    trainer = bare_trainer()
+    trainer.label_manager = LabelManager({'background': 0, 'a': 1, 'b': 2, 'ignore': 3}, None)
+    trainer.loss = None  # not a DeepSupervisionWrapper: only the full-resolution output counts
+    logits = [torch.randn(2, 1, 3, 4, 4, 4), torch.randn(2, 1, 3, 2, 2, 2)]
+    labels = torch.randint(0, 4, (1, 1, 4, 4, 4))
+    got = trainer.holder_loss(logits, [labels, labels[..., ::2, ::2, ::2]])
+    keep = labels[:, 0] != 3
+    onehot = torch.nn.functional.one_hot(torch.where(keep, labels[:, 0], 0), 3).movedim(-1, 1)
+    expected = divergence_loss(logits[0], onehot, 'softmax', 'holder', 1.1, dim=2, mask=keep)
+    torch.testing.assert_close(got, expected)
+
+
+# --------------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, results):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world)
+    try:
+        net = DDP(SharedBackboneNetwork.from_plans(configuration((2, 4)), M, 3, True, subsets_per_step=2, seed=rank),
+                  find_unused_parameters=False)
+        net.train()
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+        per_rank = [masks([1, 0, 0, 0], [0, 1, 0, 0]), masks([0, 0, 1, 1], [1, 1, 1, 1])]
+        for step in range(2):  # an unused parameter would only fail at the second step
+            availability = per_rank[(rank + step) % 2]
+            seg, aux = net(torch.randn(2, M, 4, 4, 4), availability, return_aux=True)
+            loss = sum(o.float().pow(2).mean() for o in aux['_subset_outputs']) + aux['mi']
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        grad = net.module.channel_encoders[0].weight.grad.clone()
+        dist.all_reduce(grad)
+        results[rank] = bool(torch.allclose(grad / world, net.module.channel_encoders[0].weight.grad))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_cpu_processes_with_different_masks():
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    assert dict(results) == {0: True, 1: True}  # gradients were all-reduced, no unused-parameter error
+
+
+# --------------------------------------------------------------------------- nnU-Net round trip
+def test_train_and_predict_with_nnunet(nnunet_dataset, trained_model, tmp_path):
+    trainer = 'nnUNetTrainerHolderMI'
+    folder = trained_model(trainer)
+    log = next((folder / 'fold_0').glob('training_log_*.txt')).read_text()
+    assert 'train loss terms (unweighted): seg' in log and ' mi ' in log and ' hd ' in log
+    images = sorted((nnunet_dataset.raw / 'imagesTr').glob('*_0000.nii.gz'))[:1]
+    inputs = tmp_path / 'in'
+    inputs.mkdir()
+    case = images[0].name[:-len('_0000.nii.gz')]
+    for channel in range(M):
+        src = nnunet_dataset.raw / 'imagesTr' / f'{case}_{channel:04d}.nii.gz'
+        (inputs / src.name).symlink_to(src)
+    out = tmp_path / 'out'
+    result = subprocess.run(['nnUNetv2_predict', '-i', str(inputs), '-o', str(out), '-d', str(nnunet_dataset.dataset_id),
+                             '-c', nnunet_dataset.configuration, '-tr', trainer, '-f', '0', '-device', 'cpu',
+                             '--disable_tta', '-npp', '1', '-nps', '1'],
+                            env=nnunet_dataset.env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    import SimpleITK as sitk
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f'{case}.nii.gz')))
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(images[0])))
+    assert seg.shape == reference.shape
+    assert set(np.unique(seg)) <= {0, 1, 2, 3}
