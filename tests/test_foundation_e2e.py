@@ -74,7 +74,7 @@ def test_modality_dropout_trains_logs_subsets_and_predicts_zero_filled_cases(nnu
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
 
 
-def test_continue_training_with_c(nnunet_dataset):
+def test_continue_training_with_dash_dash_c(nnunet_dataset):
     config = '3d_smoke_continue'
 
     def small_config(epochs):
@@ -87,7 +87,7 @@ def test_continue_training_with_c(nnunet_dataset):
     small_config(1)
     run(train, nnunet_dataset.env)
     small_config(2)
-    result = run(train + ['-c'], nnunet_dataset.env)
+    result = run(train + ['--c'], nnunet_dataset.env)  # nnU-Net 2.8 spells it --c
     fold = nnunet_dataset.results / f'nnUNetTrainerModalityDropout__nnUNetPlans__{config}' / 'fold_0'
     checkpoint = torch.load(fold / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
     assert checkpoint['current_epoch'] == 2
