@@ -1,0 +1,265 @@
+"""``nnUNetv2_mm_benchmark``: Dice and HD95 of a trained nnU-Net model under every non-empty modality subset.
+
+Each case is preprocessed once (``-i``/``-l``: nnU-Net's preprocessor on the raw images; ``--val``: the
+preprocessed data nnU-Net wrote for training); every subset is then applied in preprocessed space (missing
+channels zeroed, the case-level availability mask passed to missing-modality networks by
+:class:`~nnunet_missingmod.inference.predict.MissingModalityPredictor`), the logits are brought back to the
+original geometry with nnU-Net's ``convert_predicted_logits_to_segmentation_with_correct_shape`` and scored against
+the reference label map with :mod:`nnunet_missingmod.evaluation.metrics`.
+
+``-i``/``-l`` ensembles the folds given with ``-f`` (as ``nnUNetv2_predict``); ``--val`` predicts each fold's
+validation cases (``splits_final.json``) with that fold's model (cross-validation). Works with any trainer, the
+stock ``nnUNetTrainer`` included (its network just sees zero-filled channels).
+
+Outputs in ``-o``: ``per_case.csv``, ``summary.json``, ``table_dice.md/.tex``, ``table_hd95.md/.tex``,
+``heatmap_dice.png``, ``dice_vs_missing.png`` (see :func:`nnunet_missingmod.evaluation.tables.write_reports`) and,
+with ``--save_predictions``, ``predictions/<subset>/<case><file_ending>``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Iterator, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from tqdm import tqdm
+
+from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+from nnunet_missingmod.env import enable_ext_trainers
+from nnunet_missingmod.evaluation.metrics import (HD95_EMPTY_CHOICES, all_labels_of, dataset_regions,
+                                                  empty_hd95_value, evaluate_case)
+from nnunet_missingmod.evaluation.tables import write_reports
+from nnunet_missingmod.inference.predict import (MissingModalityPredictor, add_nnunet_predict_arguments,
+                                                 make_predictor, scan_input_folder)
+from nnunet_missingmod.modalities import (MODALITY_ORDERS, all_subsets, channel_order, modality_names,
+                                          parse_subset, subset_name, subset_to_mask)
+
+Case = Tuple[str, torch.Tensor, dict, str]  # identifier, preprocessed data, properties, reference file
+
+
+def benchmark_subsets(names: Sequence[str], order: str = 'paper', restrict: Sequence[str] | None = None
+                      ) -> List[Tuple[str, Tuple[int, ...]]]:
+    """``[(name, channels), ...]`` of the evaluated subsets in table order (optionally restricted)."""
+    channels = channel_order(names, order)
+    subsets = [(subset_name(s, names, channels), s) for s in all_subsets(len(names), channels)]
+    if restrict:
+        wanted = {parse_subset(text, names) for text in restrict}
+        subsets = [(n, s) for n, s in subsets if s in wanted]
+    return subsets
+
+
+def _load_reference(reader_writer, path: str, allowed_labels: Sequence[int]) -> Tuple[np.ndarray, List[float]]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"reference segmentation {path} does not exist")
+    seg, properties = reader_writer.read_seg(path)
+    seg = seg[0]
+    unexpected = sorted(set(np.unique(seg).tolist()) - set(allowed_labels) - {0})
+    if unexpected:
+        raise ValueError(f"{path}: unexpected label values {unexpected}; dataset.json labels use {allowed_labels}")
+    return seg, [float(s) for s in properties['spacing']]
+
+
+def preprocessed_dataset_folder(dataset: str) -> str:
+    """``$nnUNet_preprocessed/DatasetXXX_Name`` of a dataset name or ID."""
+    return os.path.join(nnUNet_preprocessed, maybe_convert_to_dataset_name(dataset))
+
+
+def validation_keys(folder: str, fold: int) -> List[str]:
+    """Validation case identifiers of ``fold`` in ``folder/splits_final.json``."""
+    splits_file = os.path.join(folder, 'splits_final.json')
+    if not os.path.isfile(splits_file):
+        raise FileNotFoundError(f"{splits_file} does not exist: --val needs nnU-Net's splits (train the model first)")
+    splits = load_json(splits_file)
+    if not isinstance(fold, int) or not 0 <= fold < len(splits):
+        raise ValueError(f"fold {fold!r} has no validation split in {splits_file} ({len(splits)} folds)")
+    return sorted(splits[fold]['val'])
+
+
+def validation_cases(predictor: MissingModalityPredictor, folder: str, fold: int,
+                     keys: Sequence[str] | None = None) -> Iterator[Case]:
+    """The preprocessed validation cases of ``fold`` (``folder/splits_final.json``; ``folder`` is the data set's
+    nnU-Net preprocessed folder) and their reference files (``folder/gt_segmentations``); ``keys`` restricts."""
+    keys = validation_keys(folder, fold) if keys is None else list(keys)
+    data_folder = os.path.join(folder, predictor.configuration_manager.data_identifier)
+    dataset_class = infer_dataset_class(data_folder)
+    ending = predictor.dataset_json['file_ending']
+    ds = dataset_class(data_folder, keys)
+    for key in keys:
+        data, _, _, properties = ds.load_case(key)
+        yield key, torch.from_numpy(np.ascontiguousarray(np.asarray(data[:]), dtype=np.float32)), properties, \
+            os.path.join(folder, 'gt_segmentations', key + ending)
+
+
+def raw_test_cases(predictor: MissingModalityPredictor, images: str, labels: str) -> Iterator[Case]:
+    """Cases of a raw test folder (all modality files required), preprocessed once each."""
+    dataset_json = predictor.dataset_json
+    names = modality_names(dataset_json)
+    ending = dataset_json['file_ending']
+    cases = scan_input_folder(images, ending, len(names))
+    if not cases:
+        raise FileNotFoundError(f"no CASE_XXXX{ending} files in {images}")
+    for case, files in cases.items():
+        absent = [names[c] for c in range(len(names)) if c not in files]
+        if absent:
+            raise FileNotFoundError(f"case {case} in {images} lacks the files of {absent}: the benchmark needs "
+                                    f"complete cases (it drops modalities itself)")
+        if not os.path.isfile(os.path.join(labels, case + ending)):
+            raise FileNotFoundError(f"case {case}: no reference {os.path.join(labels, case + ending)}")
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    for case in sorted(cases):
+        files = [cases[case][c] for c in range(len(names))]
+        data, _, properties = preprocessor.run_case(files, None, predictor.plans_manager,
+                                                    predictor.configuration_manager, dataset_json)
+        yield case, torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), properties, \
+            os.path.join(labels, case + ending)
+
+
+def predict_subset(predictor: MissingModalityPredictor, data: torch.Tensor, properties: dict,
+                   mask: np.ndarray) -> np.ndarray:
+    """Label map in the original geometry of one preprocessed case predicted under ``mask``."""
+    logits = predictor.predict_logits_from_preprocessed_data(data, mask)
+    return convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties,
+        return_probabilities=False)
+
+
+def run_benchmark(predictors_and_cases, subsets: Sequence[Tuple[str, Tuple[int, ...]]], regions, num_modalities: int,
+                  hd95_empty='penalty', et_min_voxels: int = 0, et_mode: str = 'remove',
+                  save_predictions: str | None = None, progress: bool = True) -> List[dict]:
+    """Rows ``{case, subset, n_missing, region, Dice, HD95}`` of every case under every subset.
+
+    ``predictors_and_cases``: iterable of ``(predictor, iterator of cases, number of cases)``.
+    """
+    rows: List[dict] = []
+    allowed = all_labels_of(regions)
+    total = sum(n for _, _, n in predictors_and_cases) * len(subsets)
+    with tqdm(total=total, desc='cases x subsets', disable=not progress) as bar:
+        for predictor, cases, _ in predictors_and_cases:
+            reader_writer = predictor.plans_manager.image_reader_writer_class()
+            for case, data, properties, reference_file in cases:
+                reference, spacing = _load_reference(reader_writer, reference_file, allowed)
+                for name, subset in subsets:
+                    bar.set_postfix_str(f'{case} {name}')
+                    seg = predict_subset(predictor, data, properties, subset_to_mask(subset, num_modalities))
+                    if seg.shape != reference.shape:
+                        raise ValueError(f"case {case}: prediction shape {seg.shape} differs from reference "
+                                         f"{reference_file} shape {reference.shape}")
+                    if save_predictions:
+                        folder = os.path.join(save_predictions, name)
+                        os.makedirs(folder, exist_ok=True)
+                        reader_writer.write_seg(seg, os.path.join(folder, case + predictor.dataset_json[
+                            'file_ending']), properties)
+                    scores = evaluate_case(seg, reference, regions, spacing, hd95_empty, et_min_voxels, et_mode)
+                    for region, values in scores.items():
+                        rows.append({'case': case, 'subset': name, 'n_missing': num_modalities - len(subset),
+                                     'region': region, **values})
+                    bar.update()
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description='Missing-modality benchmark: Dice and HD95 under every non-empty modality subset.')
+    add_nnunet_predict_arguments(parser)
+    parser.add_argument('-o', type=str, required=True, help='output folder of the reports')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('-i', type=str, help='test images in nnU-Net raw layout (needs -l)')
+    source.add_argument('--val', action='store_true',
+                        help="each fold's validation cases (splits_final.json, preprocessed data)")
+    parser.add_argument('-l', type=str, help='reference label maps of -i (CASE<file_ending>)')
+    parser.add_argument('--order', choices=sorted(MODALITY_ORDERS), default='paper',
+                        help='subset (column) order: paper = FLAIR, T1ce, T1, T2 (RFNet/mmFormer); t1_first = T1, '
+                             'T1ce, T2, FLAIR; dataset = dataset.json order')
+    parser.add_argument('--subsets', nargs='+', default=None,
+                        help="evaluate only these subsets, e.g. FLAIR T1+T1ce+T2+FLAIR (names from dataset.json)")
+    parser.add_argument('--et-postprocess', type=int, default=0, metavar='N',
+                        help='predicted ET smaller than N voxels is post-processed (0: off)')
+    parser.add_argument('--et-postprocess-mode', choices=('remove', 'relabel'), default='remove',
+                        help='remove: ET emptied for the ET score (RFNet/mmFormer/M2FTrans); relabel: ET voxels '
+                             'become necrosis (nnU-Net/DeMoSeg)')
+    parser.add_argument('--hd95-empty', default='penalty',
+                        help=f"HD95 when exactly one of prediction/reference is empty: one of {HD95_EMPTY_CHOICES} "
+                             f"(penalty = 373.13 mm, max = image diagonal) or a number")
+    parser.add_argument('--save_predictions', action='store_true',
+                        help='also write every predicted segmentation to OUT/predictions/<subset>/')
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.i and not args.l:
+        parser.error('-i needs -l (the reference label maps)')
+    try:
+        empty_hd95_value(args.hd95_empty, (1,), (1.0,))
+    except ValueError as e:
+        parser.error(str(e))
+    hd95_empty = args.hd95_empty if args.hd95_empty in HD95_EMPTY_CHOICES else float(args.hd95_empty)
+    enable_ext_trainers()
+
+    if args.val:
+        if 'all' in args.f:
+            parser.error("--val needs cross-validation folds; fold 'all' has no validation cases")
+        predictors = [make_predictor(args, [f]) for f in args.f]
+    else:
+        predictors = [make_predictor(args)]
+    dataset_json = predictors[0].dataset_json
+    names = modality_names(dataset_json)
+    try:
+        subsets = benchmark_subsets(names, args.order, args.subsets)
+    except ValueError as e:
+        parser.error(str(e))
+    if not subsets:
+        parser.error(f"--subsets {args.subsets} selects no subset")
+    regions = dataset_regions(dataset_json)
+
+    if args.val:
+        folder = preprocessed_dataset_folder(args.d)
+        try:
+            keys = [validation_keys(folder, int(f)) for f in args.f]
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(str(e))
+        jobs = [(p, validation_cases(p, folder, int(f), k), len(k)) for p, f, k in zip(predictors, args.f, keys)]
+    else:
+        try:
+            n_cases = len(scan_input_folder(args.i, dataset_json['file_ending'], len(names)))
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(str(e))
+        jobs = [(predictors[0], raw_test_cases(predictors[0], args.i, args.l), n_cases)]
+
+    os.makedirs(args.o, exist_ok=True)
+    try:
+        rows = run_benchmark(jobs, subsets, regions, len(names), hd95_empty, args.et_postprocess,
+                             args.et_postprocess_mode,
+                             os.path.join(args.o, 'predictions') if args.save_predictions else None,
+                             progress=not args.disable_progress_bar)
+    except (FileNotFoundError, ValueError) as e:  # bad input: missing files, label values, shapes
+        print(f"nnUNetv2_mm_benchmark: error: {e}", file=sys.stderr)
+        return 1
+    subset_names = [n for n, _ in subsets]
+    n_missing = {n: len(names) - len(s) for n, s in subsets}
+    write_reports(rows, subset_names, n_missing, [r for r, _ in regions], args.o,
+                            model={'dataset': maybe_convert_to_dataset_name(args.d), 'configuration': args.c,
+                                   'trainer': args.tr, 'plans': args.p, 'folds': [str(f) for f in args.f],
+                                   'checkpoint': args.chk, 'tta': not args.disable_tta},
+                            evaluation={'source': 'val' if args.val else os.path.abspath(args.i),
+                                        'order': args.order, 'hd95_empty': args.hd95_empty,
+                                        'et_postprocess_min_voxels': args.et_postprocess,
+                                        'et_postprocess_mode': args.et_postprocess_mode,
+                                        'modalities': names,
+                                        'regions': {r: list(v) for r, v in regions}})
+    print(open(os.path.join(args.o, 'table_dice.md')).read())
+    print(f"reports written to {args.o} ({len(rows)} rows, "
+          f"{len({r['case'] for r in rows})} cases x {len(subsets)} subsets)")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Prediction with missing modalities: :class:`MissingModalityPredictor` and ``nnUNetv2_mm_predict``.
+
+:class:`MissingModalityPredictor` is nnU-Net's ``nnUNetPredictor`` with one addition: every preprocessed case is
+predicted under a case-level availability mask. Missing channels are zeroed, and networks that follow the
+:class:`~nnunet_missingmod.networks.base.MissingModalityNetwork` protocol receive the mask as
+``network(x, availability)`` for every sliding-window patch (and every mirrored copy), so a patch whose present
+modalities happen to be all zero is not mistaken for a missing modality. Stock networks just see the zero-filled
+input, exactly as with ``nnUNetv2_predict`` on zero-filled files. Without an explicit mask the case-level mask is
+derived from all-zero channels of the whole case.
+
+``nnUNetv2_mm_predict`` takes the arguments of ``nnUNetv2_predict`` and additionally
+
+* accepts cases whose missing modality files are simply absent (``case_0002.nii.gz`` not there): the channel is
+  filled with zeros in the geometry of a present modality of that case;
+* ``--missing T1,FLAIR`` drops modalities (by their dataset.json names) from every case;
+* refuses a case with no modality at all (all files absent, dropped or all-zero) with a message naming the case,
+  predicts the other cases, and exits with status 1 at the end.
+
+It writes ``missing_modalities.json`` next to the predictions: per case, the modalities used and those that were
+zero-filled (absent file, ``--missing`` or an all-zero image), and the refused cases.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import tempfile
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
+
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+from nnunet_missingmod.env import enable_ext_trainers
+from nnunet_missingmod.modalities import case_availability, modality_index, modality_names
+from nnunet_missingmod.networks.base import MissingModalityNetwork
+
+
+class _MaskedCall:
+    """Callable standing in for the network during one patch: ``net(x)`` -> ``net(x, availability)``."""
+
+    def __init__(self, network, availability: torch.Tensor):
+        self.network = network
+        self.availability = availability
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.availability.to(x.device)[None].expand(x.shape[0], -1)
+        return self.network(x, mask)
+
+
+class MissingModalityPredictor(nnUNetPredictor):
+    """``nnUNetPredictor`` that predicts a preprocessed case under a case-level availability mask."""
+
+    _availability: torch.Tensor | None = None
+
+    @property
+    def num_modalities(self) -> int:
+        return len(modality_names(self.dataset_json))
+
+    @property
+    def bare_network(self) -> torch.nn.Module:
+        net = self.network.module if isinstance(self.network, DistributedDataParallel) else self.network
+        return net._orig_mod if isinstance(net, OptimizedModule) else net
+
+    def resolve_case_availability(self, data: torch.Tensor, availability=None) -> np.ndarray:
+        """``(M,)`` mask: the given one (checked) or the non-zero modality channels of ``data``."""
+        m = self.num_modalities
+        if availability is None:
+            availability = case_availability(data[:m])
+        availability = np.asarray(availability, dtype=bool).reshape(-1)
+        if availability.shape != (m,):
+            raise ValueError(f"availability mask has {availability.size} entries, the data set has {m} modalities "
+                             f"{modality_names(self.dataset_json)}")
+        if not availability.any():
+            raise ValueError("no modality available: at least one modality is needed for a prediction")
+        return availability
+
+    def predict_logits_from_preprocessed_data(self, data: torch.Tensor, availability=None) -> torch.Tensor:
+        """Logits of a preprocessed case (C, *spatial) with the channels missing in ``availability`` zeroed.
+
+        ``availability``: ``(M,)`` bool (True = present) or None (derived from all-zero channels). Folds in
+        ``list_of_parameters`` are ensembled as by nnU-Net.
+        """
+        data = torch.as_tensor(np.asarray(data)) if not isinstance(data, torch.Tensor) else data
+        mask = self.resolve_case_availability(data, availability)
+        if not mask.all():
+            data = data.clone()
+            data[np.flatnonzero(~mask)] = 0
+        self._availability = torch.from_numpy(mask)
+        try:
+            return super().predict_logits_from_preprocessed_data(data)
+        finally:
+            self._availability = None
+
+    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        if self._availability is None or not isinstance(self.bare_network, MissingModalityNetwork):
+            return super()._internal_maybe_mirror_and_predict(x)
+        network = self.network
+        self.network = _MaskedCall(network, self._availability)
+        try:
+            return super()._internal_maybe_mirror_and_predict(x)
+        finally:
+            self.network = network
+
+
+# ----------------------------------------------------------------------------------------------- input folder
+def scan_input_folder(folder: str, file_ending: str, num_modalities: int) -> Dict[str, Dict[int, str]]:
+    """``{case: {channel: path}}`` of the ``CASE_XXXX<file_ending>`` files of a folder (channels may be absent).
+
+    A channel index outside ``0..M-1`` is an error naming the file.
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"input folder {folder} does not exist")
+    pattern = re.compile(r'^(.+)_(\d{4})' + re.escape(file_ending) + r'$')
+    cases: Dict[str, Dict[int, str]] = {}
+    for name in sorted(os.listdir(folder)):
+        match = pattern.match(name)
+        if not match:
+            continue
+        channel = int(match.group(2))
+        if channel >= num_modalities:
+            raise ValueError(f"{os.path.join(folder, name)}: channel {channel:04d} does not exist, the data set has "
+                             f"{num_modalities} modalities (_0000 to _{num_modalities - 1:04d})")
+        cases.setdefault(match.group(1), {})[channel] = os.path.join(folder, name)
+    return cases
+
+
+def prepare_case_files(case: str, files: Dict[int, str], names: Sequence[str], dropped: Sequence[int],
+                       reader_writer, file_ending: str, zero_folder: str) -> tuple[List[str], dict]:
+    """One file per channel for a case, zero-filled images written into ``zero_folder`` for missing ones.
+
+    Returns ``(file list in channel order, report)``; raises ValueError naming the case when no modality is left.
+    """
+    used, zero, reasons, geometry = [], [], {}, None
+    for c in range(len(names)):
+        if c not in files:
+            reasons[names[c]] = 'file absent'
+        elif c in dropped:
+            reasons[names[c]] = '--missing'
+        else:
+            image, properties = reader_writer.read_images([files[c]])
+            if not np.isfinite(image).all():
+                raise ValueError(f"case {case}: {files[c]} contains NaN or Inf voxels")
+            if not np.any(image):
+                reasons[names[c]] = 'all-zero image'
+            else:
+                used.append(names[c])
+            if geometry is None:
+                geometry = (image.shape[1:], properties)
+    if not used:
+        raise ValueError(f"case {case}: no modality at all (" +
+                         ', '.join(f'{n}: {r}' for n, r in reasons.items()) + "); refusing to predict it")
+    out = []
+    for c in range(len(names)):
+        if names[c] in used or reasons.get(names[c]) == 'all-zero image':
+            out.append(files[c])
+            if names[c] not in used:
+                zero.append(names[c])
+            continue
+        path = os.path.join(zero_folder, f'{case}_{c:04d}{file_ending}')
+        shape, properties = geometry
+        reader_writer.write_seg(np.zeros(shape, dtype=np.uint8), path, properties)
+        out.append(path)
+        zero.append(names[c])
+    return out, {'used': used, 'zero_filled': {n: reasons[n] for n in zero}}
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def add_nnunet_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model / runtime arguments of ``nnUNetv2_predict`` (same names, same defaults)."""
+    parser.add_argument('-d', type=str, required=True, help='dataset name or ID')
+    parser.add_argument('-p', type=str, default='nnUNetPlans', help='plans identifier')
+    parser.add_argument('-tr', type=str, default='nnUNetTrainer', help='trainer class used for training')
+    parser.add_argument('-c', type=str, required=True, help='nnU-Net configuration')
+    parser.add_argument('-f', nargs='+', type=str, default=(0, 1, 2, 3, 4), help='folds to use (ensembled)')
+    parser.add_argument('-step_size', type=float, default=0.5, help='sliding-window step size')
+    parser.add_argument('--disable_tta', action='store_true', help='disable mirroring test-time augmentation')
+    parser.add_argument('--verbose', action='store_true', help='talk a lot')
+    parser.add_argument('-chk', type=str, default='checkpoint_final.pth', help='checkpoint name')
+    parser.add_argument('-device', type=str, default='cuda', help="'cuda', 'cpu' or 'mps'")
+    parser.add_argument('--disable_progress_bar', action='store_true', help='no tqdm progress bars')
+    parser.add_argument('--not_on_device', action='store_true', help='keep result arrays off the GPU')
+
+
+def make_device(name: str) -> torch.device:
+    if name not in ('cpu', 'cuda', 'mps'):
+        raise ValueError(f"-device must be cpu, cuda or mps, got {name!r}")
+    if name == 'cpu':
+        torch.set_num_threads(multiprocessing.cpu_count())
+    elif name == 'cuda':
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+    return torch.device(name)
+
+
+def make_predictor(args, folds=None) -> MissingModalityPredictor:
+    """A :class:`MissingModalityPredictor` for the model that ``args`` (see :func:`add_nnunet_predict_arguments`)
+    names, with ``folds`` (default ``args.f``)."""
+    enable_ext_trainers()
+    predictor = MissingModalityPredictor(tile_step_size=args.step_size, use_gaussian=True,
+                                         use_mirroring=not args.disable_tta,
+                                         perform_everything_on_device=not args.not_on_device,
+                                         device=make_device(args.device), verbose=args.verbose,
+                                         verbose_preprocessing=args.verbose,
+                                         allow_tqdm=not args.disable_progress_bar)
+    folds = args.f if folds is None else folds
+    folds = [f if f == 'all' else int(f) for f in folds]
+    model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
+    if not os.path.isdir(model_folder):
+        raise FileNotFoundError(f"no trained model in {model_folder}")
+    predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
+    return predictor
+
+
+def parse_missing(text: str | None, dataset_json: dict) -> List[int]:
+    """``'T1,FLAIR'`` -> channel indices (unknown names: ValueError listing the data set's modalities)."""
+    if not text:
+        return []
+    return sorted({modality_index(dataset_json, n.strip()) for n in re.split(r'[,+]', text) if n.strip()})
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description='nnUNetv2_predict for cases with missing MRI modalities: absent modality files are '
+                    'zero-filled, --missing drops modalities, cases without any modality are refused.')
+    parser.add_argument('-i', type=str, required=True, help='input folder (CASE_XXXX<ending> files; missing '
+                                                            'modality files may be absent)')
+    parser.add_argument('-o', type=str, required=True, help='output folder')
+    add_nnunet_predict_arguments(parser)
+    parser.add_argument('--missing', type=str, default=None,
+                        help='comma-separated modality names (dataset.json channel_names) to treat as missing')
+    parser.add_argument('--save_probabilities', action='store_true', help='also export probabilities (.npz)')
+    parser.add_argument('--continue_prediction', action='store_true', help='do not overwrite existing predictions')
+    parser.add_argument('-npp', type=int, default=3, help='preprocessing processes (0 and -nps 0: sequential)')
+    parser.add_argument('-nps', type=int, default=3, help='segmentation export processes')
+    parser.add_argument('-prev_stage_predictions', type=str, default=None, help='cascade: previous stage folder')
+    parser.add_argument('-num_parts', type=int, default=1, help='number of parallel calls')
+    parser.add_argument('-part_id', type=int, default=0, help='which of the parallel calls this is')
+    args = parser.parse_args(argv)
+    if args.part_id >= args.num_parts:
+        parser.error('-part_id must be smaller than -num_parts')
+    if os.path.abspath(args.o) == os.path.abspath(args.i):
+        parser.error('the output folder must not be the input folder (it would mix predictions with images)')
+
+    predictor = make_predictor(args)
+    dataset_json = predictor.dataset_json
+    names = modality_names(dataset_json)
+    ending = dataset_json['file_ending']
+    try:
+        dropped = parse_missing(args.missing, dataset_json)
+        cases = scan_input_folder(args.i, ending, len(names))
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
+    if len(dropped) == len(names):
+        parser.error(f"--missing {args.missing} drops every modality; nothing can be predicted")
+    case_ids = sorted(cases)[args.part_id::args.num_parts]
+    if not case_ids:
+        parser.error(f"no CASE_XXXX{ending} files in {args.i}")
+
+    os.makedirs(args.o, exist_ok=True)
+    reader_writer = predictor.plans_manager.image_reader_writer_class()
+    zero_folder = tempfile.mkdtemp(prefix='mm_predict_zero_')
+    report: Dict[str, dict] = {}
+    refused: Dict[str, str] = {}
+    list_of_lists, outputs = [], []
+    try:
+        for case in case_ids:
+            try:
+                files, report[case] = prepare_case_files(case, cases[case], names, dropped, reader_writer, ending,
+                                                         zero_folder)
+            except ValueError as e:
+                refused[case] = str(e)
+                print(f"ERROR: {e}", file=sys.stderr, flush=True)
+                report.pop(case, None)
+                continue
+            list_of_lists.append(files)
+            outputs.append(os.path.join(args.o, case))
+        if list_of_lists:
+            prev = args.prev_stage_predictions
+            if args.npp == 0 and args.nps == 0:
+                predictor.predict_from_files_sequential(list_of_lists, outputs, args.save_probabilities,
+                                                        not args.continue_prediction, prev)
+            else:
+                predictor.predict_from_files(list_of_lists, outputs, save_probabilities=args.save_probabilities,
+                                             overwrite=not args.continue_prediction,
+                                             num_processes_preprocessing=max(1, args.npp),
+                                             num_processes_segmentation_export=max(1, args.nps),
+                                             folder_with_segs_from_prev_stage=prev)
+    finally:
+        shutil.rmtree(zero_folder, ignore_errors=True)
+    with open(os.path.join(args.o, 'missing_modalities.json'), 'w') as f:
+        json.dump({'modalities': names, 'missing_option': [names[c] for c in dropped], 'cases': report,
+                   'refused': refused}, f, indent=2)
+    if refused:
+        print(f"{len(refused)} case(s) refused (no modality at all): {', '.join(sorted(refused))}; "
+              f"{len(list_of_lists)} case(s) predicted", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
