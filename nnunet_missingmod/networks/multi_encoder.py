@@ -1,0 +1,136 @@
+"""Multi-encoder fusion U-Net built from nnU-Net plans: one encoder per modality, fused skips, one decoder.
+
+:class:`MultiEncoderFusionUNet` is the shared backbone of the fusion trainers
+(:mod:`nnunet_missingmod.training.fusion_trainers`):
+
+* **Encoders**: one ``PlainConvEncoder`` per modality with the plans' stages, strides, kernel sizes, convs per
+  stage and conv/norm/dropout/nonlin ops (resolved from ``_kw_requires_import`` like nnU-Net's
+  ``get_network_from_plans``); every stage width is the plans width times ``width_factor`` (a per-branch factor
+  that keeps ``M`` encoders within the compute budget).
+* **Missing modalities are not encoded**: each encoder runs on the sub-batch of samples in which its modality is
+  present. A missing modality therefore contributes nothing -- no zero image goes through conv/norm layers into
+  the fusion. When a modality is missing in the whole batch, its encoder parameters enter the output multiplied by
+  zero, so that every parameter gets a (zero) gradient every step and DDP with ``find_unused_parameters=False``
+  works.
+* **Skips**: mean over the present modalities at every resolution except the bottleneck.
+* **Bottleneck**: a fusion module (:mod:`nnunet_missingmod.networks.fusion`) gets the ``(B, M, C, *spatial)``
+  stack and the mask and returns the fused map plus its auxiliary losses.
+* **Decoder**: one dynamic_network_architectures ``UNetDecoder`` (deep supervision as in ``PlainConvUNet``).
+
+The encoders are kept in an ``nn.ModuleList`` loop rather than grouped convolutions: the sub-batch of present
+samples differs per modality, so per-modality calls skip the missing modalities' compute, which a grouped
+convolution over all ``M`` branches could not.
+"""
+from __future__ import annotations
+
+import pydoc
+from typing import Callable, Dict, Sequence
+
+import torch
+from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from torch import nn
+
+from nnunet_missingmod.networks.base import MissingModalityNetwork
+
+#: arch_kwargs of the plans that the backbone uses; everything else of the plans' architecture is rejected
+_BLOCK_KEYS = ('conv_op', 'conv_bias', 'norm_op', 'norm_op_kwargs', 'dropout_op', 'dropout_op_kwargs', 'nonlin',
+               'nonlin_kwargs')
+
+
+def resolve_arch_kwargs(arch_kwargs: dict, requires_import: Sequence[str]) -> dict:
+    """The plans' ``arch_kwargs`` with the names in ``_kw_requires_import`` turned into classes (as nnU-Net)."""
+    resolved = dict(arch_kwargs)
+    for key in requires_import:
+        if resolved.get(key) is not None:
+            located = pydoc.locate(resolved[key])
+            if located is None:
+                raise ImportError(f"plans name {resolved[key]!r} for {key!r}, which cannot be imported")
+            resolved[key] = located
+    return resolved
+
+
+def branch_widths(features_per_stage: Sequence[int], width_factor: float) -> list[int]:
+    """Per-branch stage widths: the plans' widths times ``width_factor``, rounded, at least 1."""
+    if width_factor <= 0:
+        raise ValueError(f"width_factor must be positive, got {width_factor}")
+    return [max(1, int(round(f * width_factor))) for f in features_per_stage]
+
+
+FusionFactory = Callable[..., nn.Module]
+
+
+class MultiEncoderFusionUNet(MissingModalityNetwork):
+    """``M`` modality encoders, masked-mean skips, bottleneck fusion, one shared ``UNetDecoder``.
+
+    ``arch_kwargs`` are the plans' (resolved) PlainConvUNet keyword arguments; residual-encoder plans
+    (``n_blocks_per_stage``) are accepted, each block becoming one plain conv block. ``fusion`` is called as
+    ``fusion(num_modalities=M, channels=C_bottleneck, block_kwargs=..., kernel_size=...)``.
+    """
+
+    def __init__(self, num_modalities: int, num_classes: int, arch_kwargs: dict, fusion: FusionFactory,
+                 width_factor: float = 0.5, deep_supervision: bool = True):
+        super().__init__()
+        kw = dict(arch_kwargs)
+        n_stages = kw['n_stages']
+        n_conv = kw.get('n_conv_per_stage', kw.get('n_blocks_per_stage'))
+        if n_conv is None:
+            raise KeyError("plans arch_kwargs have neither 'n_conv_per_stage' nor 'n_blocks_per_stage'")
+        widths = branch_widths(kw['features_per_stage'], width_factor)
+        block_kwargs = {k: kw.get(k) for k in _BLOCK_KEYS}
+        block_kwargs['conv_bias'] = bool(block_kwargs['conv_bias'])
+        nonlin_first = kw.get('nonlin_first', False)
+        self.num_modalities = num_modalities
+        self.encoders = nn.ModuleList([
+            PlainConvEncoder(1, n_stages, widths, kw['conv_op'], kw['kernel_sizes'], kw['strides'], n_conv,
+                             return_skips=True, nonlin_first=nonlin_first, **{k: v for k, v in block_kwargs.items()
+                                                                               if k != 'conv_op'})
+            for _ in range(num_modalities)])
+        self.fusion = fusion(num_modalities=num_modalities, channels=widths[-1],
+                             block_kwargs=dict(block_kwargs, nonlin_first=nonlin_first),
+                             kernel_size=kw['kernel_sizes'][-1])
+        self.decoder = UNetDecoder(self.encoders[0], num_classes, kw['n_conv_per_stage_decoder'], deep_supervision,
+                                   nonlin_first=nonlin_first)
+        self.apply(InitWeights_He(1e-2))
+
+    @classmethod
+    def from_plans(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
+                   fusion: FusionFactory, width_factor: float, enable_deep_supervision: bool = True
+                   ) -> 'MultiEncoderFusionUNet':
+        """Build from an nnU-Net ``ConfigurationManager`` (one modality per input channel)."""
+        kwargs = resolve_arch_kwargs(configuration_manager.network_arch_init_kwargs,
+                                     configuration_manager.network_arch_init_kwargs_req_import)
+        return cls(num_input_channels, num_output_channels, kwargs, fusion, width_factor, enable_deep_supervision)
+
+    def encode(self, x: torch.Tensor, availability: torch.Tensor):
+        """Skips fused by masked mean (all but the bottleneck), the ``(B, M, C, *sp)`` bottleneck stack, and a
+        zero scalar tying the parameters of encoders that had no present sample into the graph."""
+        b = x.shape[0]
+        count = availability.sum(1)
+        sums: list = []
+        bottleneck: Dict[int, torch.Tensor] = {}
+        unused = x.new_zeros(())
+        for m, encoder in enumerate(self.encoders):
+            idx = availability[:, m].nonzero().squeeze(1)
+            if idx.numel() == 0:
+                unused = unused + sum(p.sum() for p in encoder.parameters()) * 0.0
+                continue
+            skips = encoder(x[idx, m:m + 1])
+            if not sums:
+                sums = [s.new_zeros((b,) + s.shape[1:]) for s in skips[:-1]]
+            sums = [acc.index_add(0, idx, s) for acc, s in zip(sums, skips[:-1])]
+            bottleneck[m] = skips[-1].new_zeros((b,) + skips[-1].shape[1:]).index_add(0, idx, skips[-1])
+        reference = next(iter(bottleneck.values()))
+        stack = torch.stack([bottleneck[m] if m in bottleneck else torch.zeros_like(reference)
+                             for m in range(self.num_modalities)], 1)
+        fused_skips = [acc / count.reshape((b,) + (1,) * (acc.ndim - 1)).to(acc.dtype) for acc in sums]
+        return fused_skips, stack, unused
+
+    def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor):
+        if x.shape[1] != self.num_modalities:
+            raise ValueError(f"input has {x.shape[1]} channels, the network was built for {self.num_modalities} "
+                             f"modalities")
+        skips, stack, unused = self.encode(x, availability)
+        fused, aux = self.fusion(stack, availability)
+        return self.decoder(skips + [fused + unused.to(fused.dtype)]), aux

@@ -1,0 +1,170 @@
+"""Multi-encoder fusion trainers: parallel fusion baselines and SMSN (Liu et al.), with SMSN's ablations.
+
+All of them train :class:`~nnunet_missingmod.networks.multi_encoder.MultiEncoderFusionUNet` (one encoder per
+modality, built from the plans, one shared decoder) with modality dropout; they differ in the bottleneck fusion
+module. Hyper-parameters are class attributes; ``build_network_architecture`` is a classmethod so that nnU-Net's
+predictor, which calls it on the trainer *class*, builds the same network as training did.
+
+| trainer | fusion | paper |
+|---|---|---|
+| ``nnUNetTrainerConcatFusion`` | masked concatenation + conv | SMSN Table 2 parallel baseline (mmFormer-style) |
+| ``nnUNetTrainerAttentionFusion`` | transformer over modality tokens | SMSN Table 2 parallel baseline (mmFormer) |
+| ``nnUNetTrainerSMSN`` | sequential IB fusion + specific module | SMSN Sec. 4, Eq. 4-6 |
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Dict, Optional, Tuple
+
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+from nnunet_missingmod.modalities import modality_index
+from nnunet_missingmod.networks.fusion import AttentionFusion, ConcatFusion, SMSNFusion
+from nnunet_missingmod.networks.multi_encoder import MultiEncoderFusionUNet
+from nnunet_missingmod.training.missing_modality_trainer import nnUNetTrainerMissingModality
+
+#: SMSN Table 8: "Fixed 1" starts from the least informative modality, "Fixed 2" from the most informative one
+FIXED_ORDERS = {
+    'fixed1': ('T1', 'T2', 'FLAIR', 'T1ce'),
+    'fixed2': ('T1ce', 'T2', 'FLAIR', 'T1'),
+}
+
+
+class nnUNetTrainerConcatFusion(nnUNetTrainerMissingModality):
+    """Parallel fusion baseline: per-modality encoders, masked concatenation + conv at the bottleneck.
+
+    Also the common machinery of the multi-encoder trainers: subclasses change :meth:`fusion_factory` and the
+    class attributes.
+    """
+
+    #: per-branch width factor applied to the plans' features_per_stage (keeps M encoders within the budget)
+    width_factor: float = 0.5
+
+    @classmethod
+    def fusion_factory(cls):
+        """Callable ``(num_modalities, channels, block_kwargs, kernel_size) -> fusion module``."""
+        return ConcatFusion
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return MultiEncoderFusionUNet.from_plans(configuration_manager, num_input_channels, num_output_channels,
+                                                 cls.fusion_factory(), cls.width_factor, enable_deep_supervision)
+
+
+class nnUNetTrainerAttentionFusion(nnUNetTrainerConcatFusion):
+    """Parallel fusion baseline: mmFormer-style transformer over all modality tokens at the bottleneck."""
+
+    attention_num_heads: int = 8
+    attention_depth: int = 1
+
+    @classmethod
+    def fusion_factory(cls):
+        return partial(AttentionFusion, num_heads=cls.attention_num_heads, depth=cls.attention_depth)
+
+
+class nnUNetTrainerSMSN(nnUNetTrainerConcatFusion):
+    """SMSN: modality re-ordering, two-stage information-bottleneck fusion, specific feature extraction.
+
+    Loss = nnU-Net's segmentation loss + ``L_e`` (``'kl'``, Eq. 5) + ``L_r`` (``'recon'``, Eq. 6, with
+    ``beta``/``gamma`` inside) + ``L_o`` (``'orth'``): the paper optimises all terms jointly without further
+    weights (Sec. 4, "Final Loss"), hence unit weights.
+    """
+
+    #: 'random' (paper), 'random_only', 'none'; a fixed order is given by :attr:`smsn_fixed_order`
+    smsn_order_mode: str = 'random'
+    #: modality names (dataset.json channel_names) of a fixed fusion order, or None
+    smsn_fixed_order: Optional[Tuple[str, ...]] = None
+    #: (K_1, K_2) relative to the bottleneck width: the paper's best 128, 256 for 128 channels (Table 9)
+    smsn_bottleneck_ratios: Tuple[float, float] = (1.0, 2.0)
+    #: Eq. 6 weights of the stage-I and stage-II reconstructions (Table 5 best: 0.7, 0.3)
+    smsn_beta: float = 0.7
+    smsn_gamma: float = 0.3
+    smsn_reconstruction: bool = True
+    smsn_specific: bool = True
+    smsn_orthogonality: bool = True
+    smsn_num_heads: int = 8
+    smsn_depth: int = 1
+    aux_loss_weights: Dict[str, float] = {'kl': 1.0, 'recon': 1.0, 'orth': 1.0}
+
+    @classmethod
+    def fusion_factory(cls):
+        def build(num_modalities: int, channels: int, block_kwargs: dict, kernel_size) -> SMSNFusion:
+            sizes = tuple(max(1, int(round(r * channels))) for r in cls.smsn_bottleneck_ratios)
+            return SMSNFusion(num_modalities, channels, block_kwargs, kernel_size, bottleneck_sizes=sizes,
+                              order_mode='fixed' if cls.smsn_fixed_order is not None else cls.smsn_order_mode,
+                              use_reconstruction=cls.smsn_reconstruction, use_specific=cls.smsn_specific,
+                              use_orthogonality=cls.smsn_orthogonality, beta=cls.smsn_beta, gamma=cls.smsn_gamma,
+                              num_heads=cls.smsn_num_heads, depth=cls.smsn_depth)
+        return build
+
+    def initialize(self):
+        super().initialize()
+        if self.smsn_fixed_order is not None:
+            if len(self.smsn_fixed_order) != len(self.modality_names):
+                raise ValueError(f"{type(self).__name__}: fixed order {self.smsn_fixed_order} names "
+                                 f"{len(self.smsn_fixed_order)} modalities, the data set has {self.modality_names}")
+            order = [modality_index(self.dataset_json, name) for name in self.smsn_fixed_order]
+            self.bare_network.fusion.set_order(order)
+            self.print_to_log_file(f"SMSN fixed fusion order: {list(self.smsn_fixed_order)} (channels {order})")
+
+
+# ---------------------------------------------------------------- Table 4: module / loss ablations
+class nnUNetTrainerSMSN_noReorder(nnUNetTrainerSMSN):
+    """Table 4, first column: no re-ordering (fusion in channel order)."""
+    smsn_order_mode = 'none'
+
+
+class nnUNetTrainerSMSN_noLr(nnUNetTrainerSMSN):
+    """Table 4: without the reconstruction loss ``L_r`` (and its decoders)."""
+    smsn_reconstruction = False
+
+
+class nnUNetTrainerSMSN_noLo(nnUNetTrainerSMSN):
+    """Table 4: specific feature extraction kept, orthogonality loss ``L_o`` removed."""
+    smsn_orthogonality = False
+
+
+class nnUNetTrainerSMSN_noSpecific(nnUNetTrainerSMSN):
+    """Table 4: without the specific feature extraction module, hence also without ``L_o``."""
+    smsn_specific = False
+    smsn_orthogonality = False
+
+
+# ---------------------------------------------------------------- Table 8: fusion order
+class nnUNetTrainerSMSN_fixed1(nnUNetTrainerSMSN):
+    """Table 8 "Fixed 1": T1, T2, FLAIR, T1ce."""
+    smsn_fixed_order = FIXED_ORDERS['fixed1']
+
+
+class nnUNetTrainerSMSN_fixed2(nnUNetTrainerSMSN):
+    """Table 8 "Fixed 2": T1ce, T2, FLAIR, T1."""
+    smsn_fixed_order = FIXED_ORDERS['fixed2']
+
+
+class nnUNetTrainerSMSN_randomOnly(nnUNetTrainerSMSN):
+    """Table 8 "Random only": a plain random permutation, the first modality may be missing."""
+    smsn_order_mode = 'random_only'
+
+
+# ---------------------------------------------------------------- Table 9: bottleneck sizes (K_1, K_2 for C = 128)
+class nnUNetTrainerSMSN_bottleneck64_64(nnUNetTrainerSMSN):
+    """Table 9: bottleneck sizes 64, 64 for 128-channel modality features."""
+    smsn_bottleneck_ratios = (0.5, 0.5)
+
+
+class nnUNetTrainerSMSN_bottleneck64_128(nnUNetTrainerSMSN):
+    """Table 9: bottleneck sizes 64, 128 for 128-channel modality features."""
+    smsn_bottleneck_ratios = (0.5, 1.0)
+
+
+class nnUNetTrainerSMSN_bottleneck256_512(nnUNetTrainerSMSN):
+    """Table 9: bottleneck sizes 256, 512 for 128-channel modality features."""
+    smsn_bottleneck_ratios = (2.0, 4.0)
+
+
+class nnUNetTrainerSMSN_bottleneck512_512(nnUNetTrainerSMSN):
+    """Table 9: bottleneck sizes 512, 512 for 128-channel modality features."""
+    smsn_bottleneck_ratios = (4.0, 4.0)

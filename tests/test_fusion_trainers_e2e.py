@@ -1,0 +1,122 @@
+"""Fusion trainers: class-level network building, then training and prediction through nnU-Net's commands."""
+import inspect
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATASET_ID, run
+from nnunet_missingmod.networks.fusion import AttentionFusion, ConcatFusion, SMSNFusion
+from nnunet_missingmod.networks.multi_encoder import MultiEncoderFusionUNet
+from nnunet_missingmod.training import fusion_trainers as ft
+from nnunet_missingmod.training.missing_modality_trainer import nnUNetTrainerMissingModality
+
+ARCH = {
+    "n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
+    "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "n_conv_per_stage": [2, 2, 2],
+    "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
+    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+    "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+
+
+class FakeConfigurationManager:
+    """The two ConfigurationManager properties the fusion trainers read."""
+    network_arch_init_kwargs = ARCH
+    network_arch_init_kwargs_req_import = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+
+
+def build(trainer, **kw):
+    return trainer.build_network_architecture(None, FakeConfigurationManager, 4, 3, **kw)
+
+
+# ------------------------------------------------------------------ class-level (no data needed)
+def test_build_network_architecture_is_a_classmethod_nnunet_recognises():
+    for trainer in (ft.nnUNetTrainerConcatFusion, ft.nnUNetTrainerAttentionFusion, ft.nnUNetTrainerSMSN):
+        assert issubclass(trainer, nnUNetTrainerMissingModality)
+        assert 'plans_manager' in inspect.signature(trainer.build_network_architecture).parameters
+    assert isinstance(build(ft.nnUNetTrainerConcatFusion).fusion, ConcatFusion)
+    assert isinstance(build(ft.nnUNetTrainerAttentionFusion).fusion, AttentionFusion)
+    net = build(ft.nnUNetTrainerSMSN, enable_deep_supervision=False)
+    assert isinstance(net, MultiEncoderFusionUNet) and isinstance(net.fusion, SMSNFusion)
+    assert net.decoder.deep_supervision is False
+
+
+def test_smsn_defaults_follow_the_paper():
+    net = build(ft.nnUNetTrainerSMSN)
+    fusion = net.fusion
+    assert [s[0].output_channels for s in net.encoders[0].stages] == [4, 8, 16]   # width factor 0.5
+    assert fusion.order_mode == 'random'
+    assert (fusion.beta, fusion.gamma) == (0.7, 0.3)                              # Table 5
+    assert fusion.stage1[0].out_channels == 16 and fusion.stage2[0].out_channels == 32   # (C, 2C), Table 9
+    assert ft.nnUNetTrainerSMSN.aux_loss_weights == {'kl': 1.0, 'recon': 1.0, 'orth': 1.0}
+
+
+def test_ablation_trainers_change_only_their_switch():
+    assert build(ft.nnUNetTrainerSMSN_noReorder).fusion.order_mode == 'none'
+    assert build(ft.nnUNetTrainerSMSN_randomOnly).fusion.order_mode == 'random_only'
+    assert build(ft.nnUNetTrainerSMSN_fixed1).fusion.order_mode == 'fixed'
+    assert ft.nnUNetTrainerSMSN_fixed2.smsn_fixed_order == ('T1ce', 'T2', 'FLAIR', 'T1')
+    assert not hasattr(build(ft.nnUNetTrainerSMSN_noLr).fusion, 'reconstruct1')
+    no_specific = build(ft.nnUNetTrainerSMSN_noSpecific).fusion
+    assert not hasattr(no_specific, 'specific') and not no_specific.use_orthogonality
+    no_lo = build(ft.nnUNetTrainerSMSN_noLo).fusion
+    assert hasattr(no_lo, 'specific') and not no_lo.use_orthogonality
+    sizes = {cls.__name__: (build(cls).fusion.stage1[0].out_channels, build(cls).fusion.stage2[0].out_channels)
+             for cls in (ft.nnUNetTrainerSMSN_bottleneck64_64, ft.nnUNetTrainerSMSN_bottleneck64_128,
+                         ft.nnUNetTrainerSMSN_bottleneck256_512, ft.nnUNetTrainerSMSN_bottleneck512_512)}
+    assert list(sizes.values()) == [(8, 8), (8, 16), (32, 64), (64, 64)]          # C = 16 at the bottleneck
+
+
+def test_width_factor_is_read_from_the_class():
+    wide = type('Wide', (ft.nnUNetTrainerAttentionFusion,), {'width_factor': 1.0})
+    assert [s[0].output_channels for s in build(wide).encoders[0].stages] == [8, 16, 32]
+
+
+# ------------------------------------------------------------------ nnUNetv2_train / nnUNetv2_predict
+def _predict(nnunet_dataset, trainer, tmp_path):
+    """Predict two training cases (the second with T2 zero-filled) with the stock nnUNetv2_predict."""
+    images = tmp_path / 'images'
+    images.mkdir()
+    cases = sorted(p.name[:-12] for p in (nnunet_dataset.raw / 'imagesTr').glob('*_0000.nii.gz'))[:2]
+    for case in cases:
+        for c in range(4):
+            shutil.copy(nnunet_dataset.raw / 'imagesTr' / f'{case}_{c:04d}.nii.gz', images)
+    t2 = nib.load(images / f'{cases[1]}_0002.nii.gz')
+    nib.save(nib.Nifti1Image(np.zeros(t2.shape, np.float32), t2.affine, t2.header), images / f'{cases[1]}_0002.nii.gz')
+    out = tmp_path / 'pred'
+    run(['nnUNetv2_predict', '-i', str(images), '-o', str(out), '-d', str(DATASET_ID), '-c',
+         nnunet_dataset.configuration, '-tr', trainer, '-f', '0', '-device', 'cpu', '--disable_tta'],
+        nnunet_dataset.env)
+    for case in cases:
+        seg = nib.load(out / f'{case}.nii.gz')
+        reference = nib.load(images / f'{case}_0000.nii.gz')
+        assert seg.shape == reference.shape
+        assert np.allclose(seg.affine, reference.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize('trainer, terms', [('nnUNetTrainerConcatFusion', ()),
+                                            ('nnUNetTrainerAttentionFusion', ()),
+                                            ('nnUNetTrainerSMSN', ('kl', 'recon', 'orth'))])
+def test_fusion_trainer_trains_and_predicts(trainer, terms, nnunet_dataset, trained_model, tmp_path):
+    folder = trained_model(trainer)
+    log = next((folder / 'fold_0').glob('training_log_*.txt')).read_text()
+    assert 'modality subsets drawn:' in log
+    for term in terms:
+        assert f' {term} ' in log.split('train loss terms (unweighted):')[1].splitlines()[0]
+    checkpoint = torch.load(folder / 'fold_0' / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
+    assert checkpoint['trainer_name'] == trainer
+    assert any(k.startswith('encoders.3.') for k in checkpoint['network_weights'])
+    _predict(nnunet_dataset, trainer, tmp_path)
+
+
+def test_fixed_order_trainer_stores_the_order_by_modality_name(nnunet_dataset, trained_model, tmp_path):
+    folder = trained_model('nnUNetTrainerSMSN_fixed2')
+    checkpoint = torch.load(folder / 'fold_0' / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
+    # channels of the converted data set: 0 T1, 1 T1ce, 2 T2, 3 FLAIR; Fixed 2 = T1ce, T2, FLAIR, T1
+    assert checkpoint['network_weights']['fusion.order'].tolist() == [1, 2, 3, 0]
+    log = next((folder / 'fold_0').glob('training_log_*.txt')).read_text()
+    assert "SMSN fixed fusion order: ['T1ce', 'T2', 'FLAIR', 'T1'] (channels [1, 2, 3, 0])" in log
+    _predict(nnunet_dataset, 'nnUNetTrainerSMSN_fixed2', tmp_path)

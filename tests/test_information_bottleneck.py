@@ -1,0 +1,91 @@
+"""Losses of SMSN's information-bottleneck fusion: KL (Eq. 5), masked reconstruction (Eq. 6), orthogonality."""
+import math
+
+import pytest
+import torch
+
+from nnunet_missingmod.losses.information_bottleneck import gaussian_kl_standard_normal, \
+    masked_reconstruction_loss, orthogonality_loss
+
+
+def test_kl_closed_form_matches_monte_carlo():
+    g = torch.Generator().manual_seed(0)
+    mu = torch.tensor([0.0, 1.5, -0.7, 0.3])
+    logvar = torch.tensor([0.0, -1.0, 0.8, -2.0])
+    n = 400_000
+    z = mu + torch.randn(n, 4, generator=g, dtype=torch.float64) * torch.exp(0.5 * logvar)
+    std = torch.exp(0.5 * logvar).double()
+    log_q = -0.5 * (((z - mu) / std) ** 2 + 2 * std.log() + math.log(2 * math.pi))
+    log_p = -0.5 * (z ** 2 + math.log(2 * math.pi))
+    monte_carlo = (log_q - log_p).mean(0)
+    closed = gaussian_kl_standard_normal(mu, logvar, reduction='none')
+    assert torch.allclose(closed.double(), monte_carlo, atol=0.02)
+    assert closed[0].item() == 0.0
+    assert gaussian_kl_standard_normal(mu, logvar, 'sum').item() == pytest.approx(closed.sum().item())
+    assert gaussian_kl_standard_normal(mu, logvar).item() == pytest.approx(closed.mean().item())
+
+
+def test_kl_is_float32_and_finite_for_half_inputs():
+    mu = torch.full((2, 3), 2.0, dtype=torch.float16)
+    logvar = torch.full((2, 3), 12.0, dtype=torch.float16)  # exp(12) overflows float16
+    kl = gaussian_kl_standard_normal(mu, logvar, 'none')
+    assert kl.dtype == torch.float32
+    assert torch.isfinite(kl).all()
+    assert kl[0, 0].item() == pytest.approx(0.5 * (4.0 + math.exp(12.0) - 1.0 - 12.0), rel=1e-5)
+
+
+def test_kl_rejects_unknown_reduction():
+    with pytest.raises(ValueError, match='reduction'):
+        gaussian_kl_standard_normal(torch.zeros(1), torch.zeros(1), 'max')
+
+
+def test_masked_reconstruction_value_and_zero_gradient_for_missing():
+    prediction = torch.zeros(2, 2, 3, 4, requires_grad=True)
+    target = torch.ones(2, 2, 3, 4, requires_grad=True)
+    with torch.no_grad():
+        target[0, 0] = 3.0                      # error 9 on a present map
+        target[1, 1] = float('nan')             # a missing map may hold anything
+    mask = torch.tensor([[True, False], [True, False]])
+    loss = masked_reconstruction_loss(prediction, target, mask)
+    assert loss.item() == pytest.approx((9.0 + 1.0) / 2)
+    loss.backward()
+    assert torch.all(prediction.grad[:, 1] == 0) and torch.all(target.grad[:, 1] == 0)
+    assert torch.all(prediction.grad[:, 0] != 0) and torch.all(target.grad[:, 0] != 0)
+
+
+def test_masked_reconstruction_all_missing_is_zero_with_graph():
+    prediction = torch.randn(1, 2, 5, requires_grad=True)
+    loss = masked_reconstruction_loss(prediction, torch.randn(1, 2, 5), torch.zeros(1, 2, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(prediction.grad == 0)
+
+
+def test_masked_reconstruction_shape_check():
+    with pytest.raises(ValueError, match='shapes'):
+        masked_reconstruction_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_orthogonality_zero_for_orthogonal_positive_otherwise():
+    a = torch.zeros(2, 4, 3, 3)
+    b = torch.zeros(2, 4, 3, 3)
+    a[:, 0] = torch.randn(2, 3, 3).abs() + 0.1
+    b[:, 1] = torch.randn(2, 3, 3).abs() + 0.1
+    assert orthogonality_loss(a, b).item() == pytest.approx(0.0, abs=1e-12)
+    assert orthogonality_loss(a, 3 * a).item() == pytest.approx(1.0, abs=1e-6)
+    c = a + b                                   # 45 degrees where |a| == |b|
+    assert 0.0 < orthogonality_loss(a, c).item() < 1.0
+    x = torch.tensor([[1.0, 1.0]])
+    y = torch.tensor([[1.0, 0.0]])
+    assert orthogonality_loss(x, y).item() == pytest.approx(0.5)
+
+
+def test_orthogonality_mask_excludes_entries_and_their_gradient():
+    specific = torch.randn(2, 3, 4, 2, 2, requires_grad=True)
+    common = torch.randn(2, 1, 4, 2, 2)
+    mask = torch.tensor([[True, False, True], [False, False, True]]).reshape(2, 3, 1, 1)
+    loss = orthogonality_loss(specific, common, mask, dim=2)
+    cos = torch.nn.functional.cosine_similarity(specific, common.expand_as(specific), dim=2)
+    assert loss.item() == pytest.approx(cos.square()[mask.expand_as(cos)].mean().item(), rel=1e-5)
+    loss.backward()
+    assert torch.all(specific.grad[0, 1] == 0) and torch.all(specific.grad[1, :2] == 0)
+    assert specific.grad[0, 0].abs().sum() > 0
