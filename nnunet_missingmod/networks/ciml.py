@@ -1,0 +1,340 @@
+"""CIML: complementary information mutual learning (Sec. 3.1-3.2 of the CIML paper), with missing modalities.
+
+Architecture
+------------
+* **Task decomposition** (Sec. 3.1): one *segmentor* per modality, whose only image input is that (primary)
+  modality. A task map assigns each modality the regions its segmentor is responsible for (BraTS default
+  FLAIR->WT, T1->TC, T2->WT+TC, T1ce->TC+ET). Each segmentor is the encoder-decoder U-Net of the nnU-Net plans
+  (same class, stages, kernels, strides, norm, non-linearity) with its feature widths scaled by a width factor.
+* **Message passing** (Sec. 3.2, Fig. 5/8, Table 1): the encoder skips of a segmentor are its *messages*. Every
+  decoder stage of every segmentor starts with a cross-modality information gate (:class:`CIGModule`) applied to
+  the stage input (the bottleneck for the first stage, then the previous stage's output -- the layout of Table 1,
+  where a CIG precedes each up-sampling step). The gate takes that local feature and the other segmentors' encoder
+  features of the same scale:
+
+  - attention (``CIG_Attention``): channel-pooled maps (mean and max over channels) of the local feature and of
+    each message -> conv(k) + norm + LeakyReLU (4(K+1) channels) -> 1x1 conv + norm + sigmoid = one spatial
+    attention map per message;
+  - variational inference (``CIG_Mu``/``CIG_Sigma``, one pair per message, run as one grouped 1x1 conv): from the
+    attention-weighted message a mean and a log-variance; a reparameterised sample in training and the mean at
+    inference; KL to N(0, 1) (computed in float32, averaged per element);
+  - channel alignment (1x1 conv, no bias) of the summed complementary representations and residual sum with the
+    local feature.
+
+* **Prediction**: every segmentor emits logits for *all* regions. For region r the final logit is the average of
+  the logits of the available segmentors whose task contains r. Logits (not probabilities) are averaged: the
+  result stays a logit map, so nnU-Net's sigmoid-based loss, validation and export work unchanged; averaging
+  logits is the normalised geometric mean of the segmentors' odds, a standard ensemble rule.
+
+Missing modalities (our extension of the paper)
+-----------------------------------------------
+* Every segmentor runs for every sample (its input is zero when its modality is missing); missing modalities are
+  handled by masks, never by skipping modules, so every parameter receives a gradient each step (DDP with
+  ``find_unused_parameters=False``).
+* A missing modality sends no message: its encoder features are multiplied by 0 before the gate, its attention
+  map is multiplied by 0 and its complementary representation (mu or sample) by 0. Its segmentor drops out of the
+  average. The output therefore does not depend on a missing modality's input at all.
+* **Fallback heads**: the region channels outside a segmentor's task are auxiliary heads (same decoder, extra
+  output channels of the segmentation layers). They are trained with a small weight
+  (``nnUNetTrainerCIML.ciml_fallback_weight``) and used *only* when no available segmentor has the region in its
+  task; then the region is the average of the fallback logits of all available segmentors. Hence every region is
+  predicted under any non-empty modality subset.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+from nnunet_missingmod.losses.information_bottleneck import gaussian_kl_standard_normal
+from nnunet_missingmod.modalities import modality_index, modality_names
+from nnunet_missingmod.networks.base import MissingModalityNetwork
+
+#: message fusion variants of the paper's Table 5
+FUSIONS = ('none', 'plain', 'attention', 'vi', 'attention_vi')
+
+#: BraTS region abbreviations -> label names of the converted BraTS dataset.json
+REGION_ALIASES = {'wt': 'whole tumor', 'tc': 'tumor core', 'et': 'enhancing tumor'}
+
+#: the paper's default BraTS task decomposition (Sec. 4.1.1, last row of Table 6)
+BRATS_TASK_MAP = {'FLAIR': ('WT',), 'T1': ('TC',), 'T2': ('WT', 'TC'), 'T1ce': ('TC', 'ET')}
+
+
+# ----------------------------------------------------------------------------------------------- task map
+def region_names(dataset_json: dict) -> List[str]:
+    """Names of the output channels (region-based training): the non-background, non-ignore labels in order."""
+    names = []
+    for name, value in dataset_json['labels'].items():
+        if name == 'ignore':
+            continue
+        values = set(value) if isinstance(value, (list, tuple)) else {value}
+        if values == {0}:
+            continue
+        names.append(name)
+    return names
+
+
+def region_index(dataset_json: dict, name: str) -> int:
+    """Output channel of a region name: a dataset label name or WT/TC/ET (case-insensitive)."""
+    names = region_names(dataset_json)
+    lowered = [n.lower() for n in names]
+    key = name.lower()
+    if key not in lowered and REGION_ALIASES.get(key) in lowered:
+        key = REGION_ALIASES[key]
+    if key not in lowered:
+        raise ValueError(f"unknown region {name!r} in CIML task map; dataset.json regions are {names} "
+                         f"(abbreviations {sorted(a.upper() for a in REGION_ALIASES)} are accepted for BraTS)")
+    return lowered.index(key)
+
+
+def resolve_task_map(task_map: Optional[Mapping[str, Sequence[str]]], dataset_json: dict) -> List[List[int]]:
+    """Names -> indices: ``result[m]`` = sorted region channels of modality ``m``'s segmentor.
+
+    ``task_map=None`` means the paper's BraTS map when the data set has those modalities and regions, otherwise
+    every modality predicting every region. An explicit map is strict: unknown modality or region names raise
+    ValueError, as does a region that no modality predicts. Modalities not in the map get an empty task (their
+    segmentor only sends messages and trains fallback heads).
+    """
+    num_modalities = len(modality_names(dataset_json))
+    num_regions = len(region_names(dataset_json))
+    if num_regions == 0:
+        raise ValueError("dataset.json has no foreground region: nothing for CIML to segment")
+    if task_map is None:
+        try:
+            return resolve_task_map(BRATS_TASK_MAP, dataset_json)
+        except ValueError:
+            return [list(range(num_regions)) for _ in range(num_modalities)]
+    resolved: List[List[int]] = [[] for _ in range(num_modalities)]
+    for modality, regions in task_map.items():
+        if isinstance(regions, str):
+            regions = (regions,)
+        resolved[modality_index(dataset_json, modality)] = sorted({region_index(dataset_json, r) for r in regions})
+    uncovered = sorted(set(range(num_regions)) - {r for task in resolved for r in task})
+    if uncovered:
+        names = region_names(dataset_json)
+        raise ValueError(f"CIML task map {dict(task_map)} leaves regions {[names[r] for r in uncovered]} without a "
+                         f"segmentor")
+    return resolved
+
+
+def check_task_map(task_map, num_modalities: int, num_regions: int) -> List[List[int]]:
+    """Validate an index task map (as stored in the plans) against the network's channel counts."""
+    if not isinstance(task_map, (list, tuple)) or len(task_map) != num_modalities:
+        raise ValueError(f"CIML task map {task_map!r} must list the regions of each of the {num_modalities} "
+                         f"input modalities")
+    task_map = [sorted({int(r) for r in task}) for task in task_map]
+    if any(r < 0 or r >= num_regions for task in task_map for r in task):
+        raise ValueError(f"CIML task map {task_map} names a region outside 0..{num_regions - 1}")
+    uncovered = set(range(num_regions)) - {r for task in task_map for r in task}
+    if uncovered:
+        raise ValueError(f"CIML task map {task_map} leaves regions {sorted(uncovered)} without a segmentor")
+    return task_map
+
+
+# ----------------------------------------------------------------------------------------------- CIG
+class CIGModule(nn.Module):
+    """Cross-modality information gate of one decoder stage of one segmentor (Fig. 8, Table 1).
+
+    ``fusion`` selects the Table 5 variant: ``'plain'`` (+Message: concatenated messages -> conv + norm + sigmoid),
+    ``'attention'`` (+Attention, no VI), ``'vi'`` (+VI, attention maps replaced by the availability mask) and
+    ``'attention_vi'`` (full CIG). ``forward`` returns the gated feature; after a call, :attr:`last` holds the
+    tensors of that call (attention maps, per-message complementary representations, mu/log-variance).
+    """
+
+    def __init__(self, channels: int, num_messages: int, conv_op, kernel_size, norm_op, norm_op_kwargs,
+                 nonlin, nonlin_kwargs, fusion: str = 'attention_vi'):
+        super().__init__()
+        if fusion not in FUSIONS[1:]:
+            raise ValueError(f"unknown CIG fusion {fusion!r}; choose one of {FUSIONS[1:]}")
+        if num_messages < 1:
+            raise ValueError("a CIG module needs at least one message")
+        self.fusion = fusion
+        self.channels = channels
+        self.num_messages = num_messages
+        self.use_attention = fusion in ('attention', 'attention_vi')
+        self.use_vi = fusion in ('vi', 'attention_vi')
+        padding = [(k - 1) // 2 for k in kernel_size]
+        norm_op_kwargs = norm_op_kwargs or {}
+        nonlin_kwargs = nonlin_kwargs or {}
+        k = num_messages
+        if fusion == 'plain':
+            self.plain = nn.Sequential(conv_op(k * channels, channels, kernel_size, 1, padding, bias=True),
+                                       norm_op(channels, **norm_op_kwargs), nn.Sigmoid())
+        if self.use_attention:
+            self.attention = nn.Sequential(
+                conv_op(2 * (k + 1), 4 * (k + 1), kernel_size, 1, padding, bias=True),
+                norm_op(4 * (k + 1), **norm_op_kwargs), nonlin(**nonlin_kwargs),
+                conv_op(4 * (k + 1), k, 1, 1, 0, bias=True), norm_op(k, **norm_op_kwargs), nn.Sigmoid())
+        if self.use_vi:
+            # one (mu, log-variance) 1x1 conv pair per message, run as a single grouped conv
+            self.mu_logvar = conv_op(k * channels, 2 * k * channels, 1, 1, 0, groups=k, bias=True)
+        if fusion != 'plain':
+            self.align = conv_op(channels, channels, 1, 1, 0, bias=False)
+        self.last: Dict[str, object] = {}
+
+    @staticmethod
+    def _pool(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat((t.mean(1, keepdim=True), t.amax(1, keepdim=True)), 1)
+
+    def forward(self, local: torch.Tensor, messages: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """``local`` (B, C, ...); ``messages`` K tensors (B, C, ...); ``mask`` (B, K) float, 1 = message present."""
+        shape = (mask.shape[0], mask.shape[1]) + (1,) * (local.ndim - 2)
+        mask_b = mask.reshape(shape).to(local.dtype)
+        stacked = torch.stack(tuple(messages), 1) * mask_b.unsqueeze(2)       # (B, K, C, ...), missing -> 0
+        self.last = {}
+        if self.fusion == 'plain':
+            return local + self.plain(stacked.flatten(1, 2))
+        if self.use_attention:
+            pooled = torch.cat([self._pool(local)] + [self._pool(stacked[:, j]) for j in range(self.num_messages)], 1)
+            attention = self.attention(pooled) * mask_b                       # (B, K, ...)
+        else:
+            attention = mask_b.expand(-1, -1, *local.shape[2:])
+        self.last['attention'] = attention
+        weighted = stacked * attention.unsqueeze(2)
+        if self.use_vi:
+            stats = self.mu_logvar(weighted.flatten(1, 2)).unflatten(1, (self.num_messages, 2, self.channels))
+            mu, logvar = stats[:, :, 0], stats[:, :, 1]
+            if self.training:
+                z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            else:
+                z = mu
+            z = z * mask_b.unsqueeze(2)
+            self.last.update(mu=mu, logvar=logvar)
+        else:
+            z = weighted
+        representations = z.unbind(1)
+        self.last['representations'] = representations
+        return local + self.align(sum(representations))
+
+    def kl(self, mask: torch.Tensor, receiver: torch.Tensor) -> torch.Tensor:
+        """Mean KL per element over the present messages (``mask`` (B, K)) of the samples whose own segmentor is
+        present (``receiver`` (B,)); float32."""
+        mu, logvar = self.last['mu'], self.last['logvar']
+        kl = gaussian_kl_standard_normal(mu, logvar, reduction='none').flatten(2).mean(-1)   # (B, K)
+        weight = mask.float() * receiver.float()[:, None]
+        return (kl * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------------------------- network
+def scaled_features(features: Sequence[int], width_factor: float) -> List[int]:
+    """Per-stage widths of one segmentor: the plans' widths times ``width_factor``, rounded (at least 1 channel)."""
+    if width_factor <= 0:
+        raise ValueError(f"width factor must be positive, got {width_factor}")
+    return [max(1, int(round(f * width_factor))) for f in features]
+
+
+class CIMLNetwork(MissingModalityNetwork):
+    """One plans-built U-Net segmentor per modality, CIG message passing, per-region averaging (module docstring).
+
+    ``forward(x, availability, return_aux=True)`` returns ``(seg, aux)`` with ``seg`` the fused region logits (a
+    deep-supervision list when enabled) and ``aux``:
+
+    * ``'kl'`` (training, VI variants): sum over segmentors of each segmentor's KL (mean over its gates);
+    * ``'_segmentor_outputs'``: per segmentor, the list of its all-region logits (highest resolution first);
+    * ``'_combination_weights'``: (B, M, R) weights used for the fused output.
+    """
+
+    def __init__(self, segmentors: Sequence[nn.Module], task_map: Sequence[Sequence[int]], num_regions: int,
+                 fusion: str = 'attention_vi'):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown CIML fusion {fusion!r}; choose one of {FUSIONS}")
+        num_modalities = len(segmentors)
+        self.task_map = check_task_map(task_map, num_modalities, num_regions)
+        self.num_modalities = num_modalities
+        self.num_regions = num_regions
+        self.fusion = fusion
+        for s in segmentors:
+            if not all(hasattr(s, a) for a in ('encoder', 'decoder')) or \
+                    not all(hasattr(s.decoder, a) for a in ('stages', 'transpconvs', 'seg_layers')):
+                raise ValueError(f"{type(s).__name__} is not an encoder/UNetDecoder network; CIML needs the "
+                                 f"dynamic_network_architectures U-Net layout")
+        self.segmentors = nn.ModuleList(segmentors)
+        primary = torch.zeros(num_modalities, num_regions)
+        for m, task in enumerate(self.task_map):
+            primary[m, task] = 1.0
+        self.register_buffer('primary', primary, persistent=False)
+        self.cigs = nn.ModuleList()
+        if fusion != 'none' and num_modalities > 1:
+            for seg in self.segmentors:
+                enc = seg.encoder
+                n_dec = len(seg.decoder.stages)
+                self.cigs.append(nn.ModuleList(
+                    CIGModule(enc.output_channels[-(s + 1)], num_modalities - 1, enc.conv_op,
+                              enc.kernel_sizes[-(s + 1)], enc.norm_op, enc.norm_op_kwargs, enc.nonlin,
+                              enc.nonlin_kwargs, fusion) for s in range(n_dec)))
+
+    @property
+    def deep_supervision(self) -> bool:
+        return self.segmentors[0].decoder.deep_supervision
+
+    def combination_weights(self, availability: torch.Tensor) -> torch.Tensor:
+        """(B, M, R) averaging weights: available primary segmentors of a region, else all available fallbacks."""
+        avail = availability.to(self.primary.dtype)[:, :, None]
+        primary = avail * self.primary
+        fallback = avail * (1.0 - self.primary)
+        has_primary = primary.sum(1, keepdim=True) > 0
+        weights = torch.where(has_primary, primary, fallback)
+        return weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
+
+    def _decode(self, m: int, skips: List[List[torch.Tensor]], avail: torch.Tensor) -> List[torch.Tensor]:
+        seg = self.segmentors[m]
+        dec = seg.decoder
+        others = [j for j in range(self.num_modalities) if j != m]
+        mask = avail[:, others]
+        lres = skips[m][-1]
+        outputs = []
+        n_dec = len(dec.stages)
+        for s in range(n_dec):
+            if len(self.cigs):
+                lres = self.cigs[m][s](lres, [skips[j][-(s + 1)] for j in others], mask)
+            x = dec.transpconvs[s](lres)
+            x = torch.cat((x, skips[m][-(s + 2)]), 1)
+            x = dec.stages[s](x)
+            if dec.deep_supervision or s == n_dec - 1:
+                outputs.append(dec.seg_layers[s](x))
+            lres = x
+        return outputs[::-1]
+
+    def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor):
+        avail = availability.to(x.dtype)
+        skips = [self.segmentors[m].encoder(x[:, m:m + 1]) for m in range(self.num_modalities)]
+        per_segmentor = [self._decode(m, skips, avail) for m in range(self.num_modalities)]
+        weights = self.combination_weights(availability).to(x.dtype)
+        fused = []
+        for level in range(len(per_segmentor[0])):
+            w = weights.reshape(weights.shape + (1,) * (x.ndim - 2))
+            stacked = torch.stack([out[level] for out in per_segmentor], 1)    # (B, M, R, ...)
+            fused.append((stacked * w).sum(1))
+        aux = {'_segmentor_outputs': per_segmentor, '_combination_weights': weights}
+        if self.training and self.fusion in ('vi', 'attention_vi') and len(self.cigs):
+            kl = []
+            for m in range(self.num_modalities):
+                others = [j for j in range(self.num_modalities) if j != m]
+                stage_kl = [cig.kl(avail[:, others], avail[:, m]) for cig in self.cigs[m]]
+                kl.append(sum(stage_kl) / len(stage_kl))
+            aux['kl'] = sum(kl)
+        seg = fused if self.deep_supervision else fused[0]
+        return seg, aux
+
+    # ------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_plans(cls, arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import: Sequence[str],
+                   num_input_channels: int, num_output_channels: int, task_map: Sequence[Sequence[int]],
+                   width_factor: float = 0.25, fusion: str = 'attention_vi',
+                   deep_supervision: bool = True) -> 'CIMLNetwork':
+        """Build the segmentors with the plans' U-Net class and kwargs (widths scaled), one input channel each."""
+        kwargs = dict(arch_kwargs)
+        kwargs['features_per_stage'] = scaled_features(kwargs['features_per_stage'], width_factor)
+        if 'bottleneck_channels' in kwargs and kwargs['bottleneck_channels'] is not None:
+            kwargs['bottleneck_channels'] = scaled_features(kwargs['bottleneck_channels'], width_factor)
+        if 'stem_channels' in kwargs and kwargs['stem_channels'] is not None:
+            kwargs['stem_channels'] = scaled_features([kwargs['stem_channels']], width_factor)[0]
+        segmentors = [get_network_from_plans(arch_class_name, kwargs, arch_kwargs_req_import, 1,
+                                             num_output_channels, allow_init=True,
+                                             deep_supervision=deep_supervision)
+                      for _ in range(num_input_channels)]
+        return cls(segmentors, task_map, num_output_channels, fusion)

@@ -1,0 +1,314 @@
+"""Unit tests of the CIML network, its CIG module, task maps and losses (small tensors, CPU)."""
+from __future__ import annotations
+
+import math
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from nnunet_missingmod.modalities import all_subsets, subset_to_mask
+from nnunet_missingmod.losses.ciml import SegmentorRegionLoss
+from nnunet_missingmod.networks.ciml import (BRATS_TASK_MAP, CIGModule, CIMLNetwork, check_task_map, region_names,
+                                             resolve_task_map)
+
+ARCH = 'dynamic_network_architectures.architectures.unet.PlainConvUNet'
+REQ = ['conv_op', 'norm_op', 'dropout_op', 'nonlin']
+ARCH_KWARGS = dict(n_stages=3, features_per_stage=[8, 16, 32], conv_op='torch.nn.modules.conv.Conv3d',
+                   kernel_sizes=[[3, 3, 3]] * 3, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+                   n_conv_per_stage=[1, 1, 1], n_conv_per_stage_decoder=[1, 1], conv_bias=True,
+                   norm_op='torch.nn.modules.instancenorm.InstanceNorm3d',
+                   norm_op_kwargs={'eps': 1e-5, 'affine': True}, dropout_op=None, dropout_op_kwargs=None,
+                   nonlin='torch.nn.LeakyReLU', nonlin_kwargs={'inplace': True})
+BRATS_JSON = {'channel_names': {'0': 'T1', '1': 'T1ce', '2': 'T2', '3': 'FLAIR'},
+              'labels': {'background': 0, 'whole tumor': [1, 2, 3], 'tumor core': [2, 3], 'enhancing tumor': 3},
+              'regions_class_order': [1, 2, 3]}
+#: the default map in BRATS_JSON channel order (T1, T1ce, T2, FLAIR) and region order (WT, TC, ET)
+BRATS_INDEX_MAP = [[1], [1, 2], [0, 1], [0]]
+PATCH = 8
+
+
+def make_network(fusion='attention_vi', deep_supervision=True, task_map=BRATS_INDEX_MAP, width=0.5, seed=0):
+    torch.manual_seed(seed)
+    return CIMLNetwork.from_plans(ARCH, ARCH_KWARGS, REQ, 4, 3, task_map, width_factor=width, fusion=fusion,
+                                  deep_supervision=deep_supervision)
+
+
+def all_subset_masks() -> torch.Tensor:
+    return torch.from_numpy(np.stack([subset_to_mask(s, 4) for s in all_subsets(4)]))
+
+
+# ------------------------------------------------------------------------------------------------ CIG
+@pytest.mark.parametrize('fusion', ['plain', 'attention', 'vi', 'attention_vi'])
+def test_cig_output_shapes(fusion):
+    torch.manual_seed(0)
+    cig = CIGModule(6, 3, torch.nn.Conv3d, [3, 3, 3], torch.nn.InstanceNorm3d, {'affine': True},
+                    torch.nn.LeakyReLU, {}, fusion)
+    local = torch.randn(2, 6, 4, 5, 6)
+    messages = [torch.randn(2, 6, 4, 5, 6) for _ in range(3)]
+    out = cig(local, messages, torch.ones(2, 3))
+    assert out.shape == local.shape and torch.isfinite(out).all()
+    if fusion != 'plain':
+        assert cig.last['attention'].shape == (2, 3, 4, 5, 6)
+        assert len(cig.last['representations']) == 3
+        assert all(r.shape == (2, 6, 4, 5, 6) for r in cig.last['representations'])
+    if 'vi' in fusion:
+        assert cig.last['mu'].shape == cig.last['logvar'].shape == (2, 3, 6, 4, 5, 6)
+
+
+def test_cig_kl_closed_form():
+    cig = CIGModule(2, 2, torch.nn.Conv3d, [3, 3, 3], torch.nn.InstanceNorm3d, {'affine': True},
+                    torch.nn.LeakyReLU, {}, 'attention_vi')
+    mu = torch.tensor([1.0, 0.0, -2.0, 0.5]).reshape(1, 1, 1, 2, 2, 1).expand(2, 2, 2, 2, 2, 1).contiguous()
+    logvar = torch.tensor([0.0, math.log(2.0), 0.0, -1.0]).reshape(1, 1, 1, 2, 2, 1).expand(2, 2, 2, 2, 2, 1)
+    cig.last = {'mu': mu, 'logvar': logvar.contiguous()}
+    # per element 0.5 * (mu^2 + var - 1 - logvar)
+    expected = 0.25 * (0.5 * 1 + 0.5 * (2 - 1 - math.log(2)) + 0.5 * 4 + 0.5 * (0.25 + math.exp(-1) - 1 + 1))
+    full = cig.kl(torch.ones(2, 2), torch.ones(2))
+    assert full.dtype == torch.float32
+    assert full.item() == pytest.approx(expected, rel=1e-6)
+    # masked messages / absent receivers do not count; nothing present -> exactly 0
+    cig.last['mu'] = mu.clone()
+    cig.last['mu'][0, 1] = 100.0
+    assert cig.kl(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.ones(2)).item() == pytest.approx(expected, rel=1e-6)
+    assert cig.kl(torch.ones(2, 2), torch.tensor([0.0, 1.0])).item() == pytest.approx(expected, rel=1e-6)
+    assert cig.kl(torch.zeros(2, 2), torch.ones(2)).item() == 0.0
+
+
+def test_missing_messages_have_zero_attention_and_contribution():
+    torch.manual_seed(0)
+    cig = CIGModule(4, 3, torch.nn.Conv3d, [3, 3, 3], torch.nn.InstanceNorm3d, {'affine': True},
+                    torch.nn.LeakyReLU, {}, 'attention_vi').train()
+    local = torch.randn(2, 4, 4, 4, 4)
+    messages = [torch.randn(2, 4, 4, 4, 4) for _ in range(3)]
+    mask = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    cig(local, messages, mask)
+    att, reps = cig.last['attention'], cig.last['representations']
+    assert torch.count_nonzero(att[0, 1]) == 0 and torch.count_nonzero(att[1, :2]) == 0
+    assert torch.count_nonzero(reps[1][0]) == 0 and torch.count_nonzero(reps[0][1]) == 0
+    assert torch.count_nonzero(reps[1][1]) == 0
+    assert torch.count_nonzero(reps[0][0]) > 0 and torch.count_nonzero(att[0, 0]) > 0
+
+
+@pytest.mark.parametrize('fusion', ['none', 'plain', 'attention', 'vi', 'attention_vi'])
+def test_output_independent_of_missing_modality_input(fusion):
+    net = make_network(fusion).eval()
+    x = torch.randn(2, 4, PATCH, PATCH, PATCH)
+    availability = torch.tensor([[True, False, True, False], [False, True, False, False]])
+    changed = x.clone()
+    changed[0, 1] = torch.randn(PATCH, PATCH, PATCH) * 5
+    changed[0, 3] = 3.0
+    changed[1, [0, 2, 3]] = torch.randn(3, PATCH, PATCH, PATCH)
+    with torch.no_grad():
+        a, aux_a = net(x, availability, return_aux=True)
+        b, aux_b = net(changed, availability, return_aux=True)
+    for ya, yb in zip(a, b):
+        assert torch.equal(ya, yb)
+    # and the present modalities do matter
+    changed[0, 0] += 1.0
+    with torch.no_grad():
+        c = net(changed, availability)
+    assert not torch.equal(a[0], c[0])
+
+
+# ------------------------------------------------------------------------------------------------ network
+def test_every_region_predicted_under_all_subsets():
+    net = make_network().eval()
+    masks = all_subset_masks()
+    x = torch.randn(len(masks), 4, PATCH, PATCH, PATCH) * masks[:, :, None, None, None]
+    with torch.no_grad():
+        seg, aux = net(x, masks, return_aux=True)
+    assert len(seg) == 2
+    assert seg[0].shape == (15, 3, PATCH, PATCH, PATCH) and seg[1].shape == (15, 3, PATCH // 2, PATCH // 2,
+                                                                            PATCH // 2)
+    assert all(torch.isfinite(s).all() for s in seg)
+    weights = aux['_combination_weights']
+    assert torch.allclose(weights.sum(1), torch.ones(15, 3))
+    assert torch.count_nonzero(weights * ~masks[:, :, None]) == 0       # missing segmentors never count
+    primary = torch.tensor([[0, 1, 0], [0, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    for b, mask in enumerate(masks):
+        for r in range(3):
+            owners = mask & primary[:, r]
+            expected = owners if owners.any() else mask                 # fallback: all available segmentors
+            assert torch.allclose(weights[b, :, r], expected.float() / expected.sum())
+    # the fused output is the weighted average of the segmentor logits
+    outs = torch.stack([o[0] for o in aux['_segmentor_outputs']], 1)
+    assert torch.allclose(seg[0], (outs * weights[..., None, None, None]).sum(1), atol=1e-6)
+    # T1 alone: WT from T1's fallback head, TC from T1's primary head
+    t1_only = all_subsets(4).index((0,))
+    assert torch.equal(seg[0][t1_only], outs[t1_only, 0])
+
+
+def test_deterministic_inference_and_no_deep_supervision():
+    net = make_network(deep_supervision=False).eval()
+    x = torch.randn(2, 4, PATCH, PATCH, PATCH)
+    x[1, 2] = 0
+    with torch.no_grad():
+        a, b = net(x), net(x)
+    assert isinstance(a, torch.Tensor) and a.shape == (2, 3, PATCH, PATCH, PATCH)
+    assert torch.equal(a, b)
+    net.set_deep_supervision_enabled(True)
+    with torch.no_grad():
+        ds = net(x)
+    assert isinstance(ds, list) and torch.equal(ds[0], a)
+
+
+def test_training_mode_samples_and_every_parameter_gets_a_gradient():
+    net = make_network().train()
+    x = torch.randn(2, 4, PATCH, PATCH, PATCH)
+    availability = torch.tensor([[True, False, False, False], [False, False, True, True]])
+    seg, aux = net(x * availability[:, :, None, None, None], availability, return_aux=True)
+    assert aux['kl'].ndim == 0 and aux['kl'].item() > 0
+    seg2, _ = net(x * availability[:, :, None, None, None], availability, return_aux=True)
+    assert not torch.equal(seg[0], seg2[0])                              # reparameterised sampling
+    loss = sum(o.sum() for outs in aux['_segmentor_outputs'] for o in outs) + aux['kl']
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_width_factor_scales_segmentors():
+    net = make_network(width=0.5)
+    assert [s.encoder.output_channels for s in net.segmentors] == [[4, 8, 16]] * 4
+    assert len(net.cigs) == 4 and len(net.cigs[0]) == 2
+    assert len(make_network(fusion='none').cigs) == 0
+
+
+# ------------------------------------------------------------------------------------------------ task maps
+def test_default_task_map_resolves_brats_names():
+    assert region_names(BRATS_JSON) == ['whole tumor', 'tumor core', 'enhancing tumor']
+    assert resolve_task_map(None, BRATS_JSON) == BRATS_INDEX_MAP
+    assert resolve_task_map(BRATS_TASK_MAP, BRATS_JSON) == BRATS_INDEX_MAP
+    own_names = {'flair': ['Whole Tumor'], 't1ce': ['enhancing tumor', 'tumor core']}
+    assert resolve_task_map(own_names, BRATS_JSON) == [[], [1, 2], [], [0]]
+
+
+def test_default_task_map_without_brats_names_is_all_to_all():
+    other = {'channel_names': {'0': 'CT', '1': 'PET'}, 'labels': {'background': 0, 'lesion': [1], 'core': 2},
+             'regions_class_order': [1, 2]}
+    assert resolve_task_map(None, other) == [[0, 1], [0, 1]]
+
+
+@pytest.mark.parametrize('task_map, message', [
+    ({'FLAIR': ['WT'], 'T3': ['TC', 'ET']}, "unknown modality 'T3'"),
+    ({'FLAIR': ['WT'], 'T1ce': ['TC', 'necrosis']}, "unknown region 'necrosis'"),
+    ({'FLAIR': ['WT'], 'T1ce': ['TC']}, "enhancing tumor"),
+])
+def test_task_map_validation_errors(task_map, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_task_map(task_map, BRATS_JSON)
+
+
+def test_index_task_map_checks():
+    with pytest.raises(ValueError, match='each of the 4'):
+        check_task_map([[0], [1]], 4, 3)
+    with pytest.raises(ValueError, match='outside'):
+        check_task_map([[0], [1], [2], [3]], 4, 3)
+    with pytest.raises(ValueError, match='without a segmentor'):
+        CIMLNetwork.from_plans(ARCH, ARCH_KWARGS, REQ, 4, 3, [[0], [0], [1], []])
+
+
+# ------------------------------------------------------------------------------------------------ losses
+def test_segmentor_loss_masks_samples_like_a_sub_batch():
+    torch.manual_seed(0)
+    outputs = [torch.randn(3, 3, 6, 6, 6, requires_grad=True), torch.randn(3, 3, 3, 3, 3, requires_grad=True)]
+    targets = [(torch.rand(3, 3, 6, 6, 6) > 0.6).float(), (torch.rand(3, 3, 3, 3, 3) > 0.6).float()]
+    loss = SegmentorRegionLoss(batch_dice=True, ddp=False, deep_supervision_weights=[2 / 3, 1 / 3])
+    present = torch.tensor([True, False, True])
+    masked = loss(outputs, targets, [1, 2], present)
+    sub = loss([o[present] for o in outputs], [t[present] for t in targets], [1, 2], torch.ones(2, dtype=torch.bool))
+    assert masked.item() == pytest.approx(sub.item(), rel=1e-5)
+    masked.backward()
+    assert torch.count_nonzero(outputs[0].grad[1]) == 0                   # masked sample
+    assert torch.count_nonzero(outputs[0].grad[:, 0]) == 0                # region outside the task
+    assert torch.count_nonzero(outputs[0].grad[0, 1:]) > 0
+
+
+# ------------------------------------------------------------------------------------------------ DDP
+def _ddp_worker(rank: int, world: int, port: int, results):
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world)
+    try:
+        net = torch.nn.parallel.DistributedDataParallel(make_network(), find_unused_parameters=False)
+        masks = [torch.tensor([[True, False, False, False], [False, False, False, True]]),
+                 torch.tensor([[False, True, True, False], [True, True, True, True]])][rank]
+        for step in range(2):
+            torch.manual_seed(10 * rank + step)
+            x = torch.randn(2, 4, PATCH, PATCH, PATCH) * masks[:, :, None, None, None]
+            net.zero_grad()
+            seg, aux = net(x, masks, return_aux=True)
+            # every deep-supervision level counts, as in nnU-Net's DDP loss (lowest weight 1e-6, not 0)
+            loss = sum(o.square().mean() for outs in aux['_segmentor_outputs'] for o in outs) + 0.5 * aux['kl']
+            loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in net.parameters()])
+        results[rank] = (all(p.grad is not None for p in net.parameters()), grads)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_different_masks_per_rank_find_unused_parameters_false():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
+    assert results[0][0] and results[1][0]
+    assert torch.allclose(results[0][1], results[1][1])                   # all-reduced gradients agree
+    assert torch.count_nonzero(results[0][1]) > 0
+
+
+# ------------------------------------------------------------------------------------------------ Grad-CAM
+def test_complementary_information_weights_follow_eq16():
+    from nnunet_missingmod.inference.ciml_gradcam import complementary_information
+    net = make_network()
+    x = torch.randn(1, 4, PATCH, PATCH, PATCH)
+    availability = torch.tensor([[True, True, False, True]])
+    x = x * availability[:, :, None, None, None]
+    names = ['T1', 'T1ce', 'T2', 'FLAIR']
+    pairs = complementary_information(net, x, availability, ['WT', 'TC', 'ET'], names)
+    assert [(p['primary'], p['region']) for p in pairs] == [('T1', 'TC'), ('T1ce', 'TC'), ('T1ce', 'ET'),
+                                                            ('FLAIR', 'WT')]   # T2 missing: no T2 pairs
+    for p in pairs:
+        assert set(p['weights']) == set(names) - {p['primary']}
+        sums = {n: float(h.sum()) for n, h in p['heatmaps'].items()}
+        assert all(h.shape == (PATCH // 2,) * 3 and (h >= 0).all() for h in p['heatmaps'].values())
+        assert sums['T2'] == 0.0 and p['weights']['T2'] == 0.0       # missing auxiliary: no information
+        total = sum(sums.values())
+        if total > 0:
+            assert sum(p['weights'].values()) == pytest.approx(1.0)
+            assert all(p['weights'][n] == pytest.approx(s / total) for n, s in sums.items())
+    assert any(sum(p['weights'].values()) > 0 for p in pairs)
+
+
+# ------------------------------------------------------------------------------------------------ trainer class
+def test_build_network_architecture_reads_task_map_from_configuration():
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+    from nnunet_missingmod.training.ciml_trainer import (nnUNetTrainerCIML, nnUNetTrainerCIML_Message,
+                                                         nnUNetTrainerCIML_NoMessage)
+    config = {'architecture': {'network_class_name': ARCH, 'arch_kwargs': ARCH_KWARGS, '_kw_requires_import': REQ},
+              'patch_size': [PATCH] * 3, 'ciml_task_map': BRATS_INDEX_MAP}
+    net = nnUNetTrainerCIML.build_network_architecture(None, ConfigurationManager(config), 4, 3, False)
+    assert isinstance(net, CIMLNetwork) and net.task_map == BRATS_INDEX_MAP and net.fusion == 'attention_vi'
+    assert net.segmentors[0].encoder.output_channels == [2, 4, 8]          # width factor 0.25
+    assert nnUNetTrainerCIML_NoMessage.build_network_architecture(None, ConfigurationManager(config), 4, 3,
+                                                                  False).fusion == 'none'
+    assert nnUNetTrainerCIML_Message.build_network_architecture(None, ConfigurationManager(config), 4, 3,
+                                                                False).fusion == 'plain'
+    del config['ciml_task_map']
+    with pytest.raises(ValueError, match='ciml_task_map'):
+        nnUNetTrainerCIML.build_network_architecture(None, ConfigurationManager(config), 4, 3, False)
+
+
+def test_gradcam_patch_crop_is_centred_and_zero_padded():
+    from nnunet_missingmod.inference.ciml_gradcam import _crop
+    data = np.zeros((2, 10, 12, 6), dtype=np.float32)
+    data[:, 2:6, 3:9, 1:5] = 1.0
+    patch, start = _crop(data, (4, 8, 8), None)
+    assert patch.shape == (2, 4, 8, 8) and start == [1, 1, -2]          # bounding-box centre (3, 5, 2)
+    assert np.array_equal(patch[:, :, :, :2], np.zeros((2, 4, 8, 2)))   # padded beyond the border
+    assert np.array_equal(patch[0, 1:4, 2:8, 3:7], np.ones((3, 6, 4)))     # z 2..4 of 2..5 fit
+    assert patch.sum() == 2 * 3 * 6 * 4
+    with pytest.raises(ValueError, match='3 coordinates'):
+        _crop(data, (4, 8, 8), [1, 2])
