@@ -1,0 +1,166 @@
+"""``nnUNetv2_mm_perf``: parameters, FLOPs, step time, peak memory and prediction time of trainers, side by side.
+
+Every trainer is measured in a fresh subprocess (so peak-memory figures do not leak from one to the next) on the
+same plans, configuration, device and real training batch from nnU-Net's own data loader:
+
+* parameters: ``sum(p.numel())`` of the network nnU-Net builds for the trainer;
+* FLOPs: ``torch.utils.flop_counter`` for one forward pass of one patch (eval mode, all modalities present);
+* training step: median wall time of ``trainer.train_step`` (forward, backward, SGD step, with the trainer's own
+  modality dropout and auxiliary losses) over ``--steps`` steps after ``--warmup`` steps;
+* peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the increase of the process's peak resident
+  set size over the training steps (includes allocator caching, so treat small differences with care);
+* prediction: wall time of nnU-Net's sliding-window prediction of one preprocessed case (no mirroring).
+
+Results are printed and written as Markdown and JSON with the ratio of each figure to ``nnUNetTrainer``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_TRAINERS = ('nnUNetTrainer', 'nnUNetTrainerModalityDropout', 'nnUNetTrainerConcatFusion',
+                    'nnUNetTrainerAttentionFusion', 'nnUNetTrainerSMSN', 'nnUNetTrainerHolderMI',
+                    'nnUNetTrainerCIML')
+FIGURES = ('parameters', 'gflops_per_patch', 'step_s', 'peak_memory_mb', 'predict_s')
+
+
+def _current_rss_mb() -> float:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(dataset: str, configuration: str, trainer_name: str, plans: str, device: str, steps: int,
+            warmup: int) -> dict:
+    """All figures for one trainer (call in a fresh process for meaningful CPU memory figures)."""
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunet_missingmod.env import enable_ext_trainers
+
+    enable_ext_trainers()
+    os.environ['nnUNet_n_proc_DA'] = '0'
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    trainer = get_trainer_from_args(dataset, configuration, 0, trainer_name, plans, device=dev)
+    trainer.initialize()
+    loader, _ = trainer.get_dataloaders()
+    batch = next(loader)
+    network = trainer.network
+    figures = {'parameters': sum(p.numel() for p in network.parameters())}
+
+    patch = torch.zeros((1, trainer.num_input_channels, *trainer.configuration_manager.patch_size), device=dev)
+    patch.normal_()
+    network.eval()
+    trainer.set_deep_supervision_enabled(False)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(patch)
+    figures['gflops_per_patch'] = counter.get_total_flops() / 1e9
+
+    trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
+    network.train()
+    if dev.type == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = _current_rss_mb()
+    times = []
+    for _ in range(warmup + steps):
+        start = time.perf_counter()
+        trainer.train_step(batch)
+        if dev.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    figures['step_s'] = statistics.median(times[warmup:])
+    figures['peak_memory_mb'] = (torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == 'cuda'
+                                 else max(0.0, _peak_rss_mb() - rss_before))
+
+    network.eval()
+    trainer.set_deep_supervision_enabled(False)
+    predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=dev.type == 'cuda', device=dev,
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager, None,
+                                    trainer.dataset_json, trainer_name, None)
+    key = batch['keys'][0]
+    data = trainer.dataset_class(trainer.preprocessed_dataset_folder, [key]).load_case(key)[0]
+    data = torch.from_numpy(np.asarray(data[:]))
+    start = time.perf_counter()
+    predictor.predict_sliding_window_return_logits(data)
+    if dev.type == 'cuda':
+        torch.cuda.synchronize()
+    figures['predict_s'] = time.perf_counter() - start
+    return figures
+
+
+def ratios(results: dict, reference: str = 'nnUNetTrainer') -> dict:
+    """Each figure divided by the reference trainer's figure (None where the reference is 0 or missing)."""
+    ref = results.get(reference)
+    return {t: {k: (v / ref[k] if ref and ref.get(k) else None) for k, v in r.items()} for t, r in results.items()}
+
+
+def markdown_table(results: dict, header: str) -> str:
+    rel = ratios(results)
+    lines = [header, '',
+             '| trainer | params (M) | GFLOPs/patch | step (s) | peak mem (MB) | predict (s) | step × | mem × | predict × |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for trainer, r in results.items():
+        q = rel[trainer]
+        fmt = lambda v: '–' if v is None else f'{v:.2f}'  # noqa: E731
+        lines.append(f"| {trainer} | {r['parameters'] / 1e6:.2f} | {r['gflops_per_patch']:.1f} | {r['step_s']:.3f} "
+                     f"| {r['peak_memory_mb']:.0f} | {r['predict_s']:.2f} | {fmt(q['step_s'])} "
+                     f"| {fmt(q['peak_memory_mb'])} | {fmt(q['predict_s'])} |")
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('-d', required=True, help='dataset name or ID (planned and preprocessed)')
+    parser.add_argument('-c', default='3d_fullres', help='configuration')
+    parser.add_argument('-p', default='nnUNetPlans', help='plans identifier')
+    parser.add_argument('-tr', nargs='+', default=list(DEFAULT_TRAINERS), help='trainers (nnUNetTrainer is added)')
+    parser.add_argument('-device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--steps', type=int, default=5, help='timed training steps per trainer')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('-o', default='perf', help='output folder for perf.md and perf.json')
+    parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(args.d, args.c, args.tr[0], args.p, args.device, args.steps, args.warmup)))
+        return
+
+    trainers = ['nnUNetTrainer'] + [t for t in args.tr if t != 'nnUNetTrainer']
+    results = {}
+    for trainer in trainers:
+        print(f'measuring {trainer} ...', flush=True)
+        cmd = [sys.executable, '-m', 'nnunet_missingmod.evaluation.perf', '--worker', '-d', args.d, '-c', args.c,
+               '-p', args.p, '-tr', trainer, '-device', args.device, '--steps', str(args.steps),
+               '--warmup', str(args.warmup)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f'measuring {trainer} failed:\n{proc.stderr[-3000:]}')
+        results[trainer] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = Path(args.o)
+    out.mkdir(parents=True, exist_ok=True)
+    header = (f'Dataset {args.d}, configuration {args.c}, device {args.device}, median of {args.steps} steps after '
+              f'{args.warmup} warm-up steps, {time.strftime("%Y-%m-%d")}')
+    table = markdown_table(results, header)
+    (out / 'perf.md').write_text(table)
+    (out / 'perf.json').write_text(json.dumps({'settings': vars(args), 'results': results,
+                                               'ratios': ratios(results)}, indent=2))
+    print(table)
+
+
+if __name__ == '__main__':
+    main()

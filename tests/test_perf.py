@@ -1,0 +1,31 @@
+import json
+
+from conftest import DATASET_ID, run
+from nnunet_missingmod.evaluation.perf import markdown_table, ratios
+
+
+def test_ratios_are_relative_to_nnunet_trainer():
+    results = {'nnUNetTrainer': {'step_s': 2.0, 'peak_memory_mb': 0.0},
+               'nnUNetTrainerX': {'step_s': 3.0, 'peak_memory_mb': 5.0}}
+    rel = ratios(results)
+    assert rel['nnUNetTrainer']['step_s'] == 1.0 and rel['nnUNetTrainerX']['step_s'] == 1.5
+    assert rel['nnUNetTrainerX']['peak_memory_mb'] is None  # no ratio to a zero reference
+
+
+def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):
+    out = tmp_path / 'perf'
+    run(['nnUNetv2_mm_perf', '-d', str(DATASET_ID), '-c', nnunet_dataset.configuration,
+         '-tr', 'nnUNetTrainerModalityDropout', '--steps', '2', '--warmup', '1', '-o', str(out)], nnunet_dataset.env)
+    report = json.loads((out / 'perf.json').read_text())
+    results = report['results']
+    assert list(results) == ['nnUNetTrainer', 'nnUNetTrainerModalityDropout']
+    for figures in results.values():
+        assert figures['parameters'] > 0 and figures['gflops_per_patch'] > 0
+        assert figures['step_s'] > 0 and figures['predict_s'] > 0 and figures['peak_memory_mb'] >= 0
+    # same network from the same plans: identical size and FLOPs
+    assert results['nnUNetTrainer']['parameters'] == results['nnUNetTrainerModalityDropout']['parameters']
+    assert results['nnUNetTrainer']['gflops_per_patch'] == results['nnUNetTrainerModalityDropout']['gflops_per_patch']
+    assert report['ratios']['nnUNetTrainer']['step_s'] == 1.0
+    table = (out / 'perf.md').read_text()
+    assert table == markdown_table(results, table.splitlines()[0])
+    assert '| nnUNetTrainerModalityDropout |' in table
