@@ -94,7 +94,6 @@ def test_alternatives_closed_forms():
     assert float(get_divergence('squared_hellinger')(lp, lq, 0)) == pytest.approx(
         1 - np.sqrt(0.12) - np.sqrt(0.32))
     assert float(get_divergence('neyman_chi2')(lp, lq, 0)) == pytest.approx(0.16 / 0.2 + 0.16 / 0.8)
-    m = np.array([0.4, 0.6])
     js = 0.5 * (0.2 * np.log(0.2 / 0.4) + 0.8 * np.log(0.8 / 0.6)) + 0.5 * (0.6 * np.log(0.6 / 0.4) + 0.4 * np.log(0.4 / 0.6))
     assert float(get_divergence('JENSEN_SHANNON')(lp, lq, 0)) == pytest.approx(js)
 

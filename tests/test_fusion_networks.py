@@ -12,7 +12,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_missingmod.modalities import all_subsets, subset_to_mask
 from nnunet_missingmod.networks.fusion import AttentionFusion, ConcatFusion, SMSNFusion, _num_heads, masked_mean
-from nnunet_missingmod.networks.multi_encoder import MultiEncoderFusionUNet, branch_widths, resolve_arch_kwargs
+from nnunet_missingmod.networks.multi_encoder import MultiEncoderFusionUNet
+from nnunet_missingmod.networks.plans import resolve_arch_kwargs, scale_widths
 
 torch.set_num_threads(1)
 
@@ -129,7 +130,7 @@ def test_masked_mean_ignores_missing_entries():
 # ------------------------------------------------------------------ the networks
 def test_build_from_plans_widths():
     net = build('concat')
-    assert branch_widths([8, 16, 32], 0.5) == [4, 8, 16]
+    assert scale_widths([8, 16, 32], 0.5) == [4, 8, 16]
     assert [s[0].output_channels for s in net.encoders[2].stages] == [4, 8, 16]
     assert len(net.encoders) == 4 and isinstance(net.encoders[0].stages[0][0].convs[0].norm, torch.nn.InstanceNorm3d)
     with pytest.raises(ImportError, match='cannot be imported'):

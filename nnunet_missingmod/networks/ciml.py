@@ -52,6 +52,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunet_missingmod.losses.information_bottleneck import gaussian_kl_standard_normal
 from nnunet_missingmod.modalities import modality_index, modality_names
 from nnunet_missingmod.networks.base import MissingModalityNetwork
+from nnunet_missingmod.networks.plans import scale_widths
 
 #: message fusion variants of the paper's Table 5
 FUSIONS = ('none', 'plain', 'attention', 'vi', 'attention_vi')
@@ -219,13 +220,6 @@ class CIGModule(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- network
-def scaled_features(features: Sequence[int], width_factor: float) -> List[int]:
-    """Per-stage widths of one segmentor: the plans' widths times ``width_factor``, rounded (at least 1 channel)."""
-    if width_factor <= 0:
-        raise ValueError(f"width factor must be positive, got {width_factor}")
-    return [max(1, int(round(f * width_factor))) for f in features]
-
-
 class CIMLNetwork(MissingModalityNetwork):
     """One plans-built U-Net segmentor per modality, CIG message passing, per-region averaging (module docstring).
 
@@ -328,11 +322,11 @@ class CIMLNetwork(MissingModalityNetwork):
                    deep_supervision: bool = True) -> 'CIMLNetwork':
         """Build the segmentors with the plans' U-Net class and kwargs (widths scaled), one input channel each."""
         kwargs = dict(arch_kwargs)
-        kwargs['features_per_stage'] = scaled_features(kwargs['features_per_stage'], width_factor)
+        kwargs['features_per_stage'] = scale_widths(kwargs['features_per_stage'], width_factor)
         if 'bottleneck_channels' in kwargs and kwargs['bottleneck_channels'] is not None:
-            kwargs['bottleneck_channels'] = scaled_features(kwargs['bottleneck_channels'], width_factor)
+            kwargs['bottleneck_channels'] = scale_widths(kwargs['bottleneck_channels'], width_factor)
         if 'stem_channels' in kwargs and kwargs['stem_channels'] is not None:
-            kwargs['stem_channels'] = scaled_features([kwargs['stem_channels']], width_factor)[0]
+            kwargs['stem_channels'] = scale_widths([kwargs['stem_channels']], width_factor)[0]
         segmentors = [get_network_from_plans(arch_class_name, kwargs, arch_kwargs_req_import, 1,
                                              num_output_channels, allow_init=True,
                                              deep_supervision=deep_supervision)

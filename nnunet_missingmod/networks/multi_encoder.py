@@ -23,8 +23,7 @@ convolution over all ``M`` branches could not.
 """
 from __future__ import annotations
 
-import pydoc
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict
 
 import torch
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
@@ -33,29 +32,11 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 
 from nnunet_missingmod.networks.base import MissingModalityNetwork
+from nnunet_missingmod.networks.plans import resolve_arch_kwargs, scale_widths
 
 #: arch_kwargs of the plans that the backbone uses; everything else of the plans' architecture is rejected
 _BLOCK_KEYS = ('conv_op', 'conv_bias', 'norm_op', 'norm_op_kwargs', 'dropout_op', 'dropout_op_kwargs', 'nonlin',
                'nonlin_kwargs')
-
-
-def resolve_arch_kwargs(arch_kwargs: dict, requires_import: Sequence[str]) -> dict:
-    """The plans' ``arch_kwargs`` with the names in ``_kw_requires_import`` turned into classes (as nnU-Net)."""
-    resolved = dict(arch_kwargs)
-    for key in requires_import:
-        if resolved.get(key) is not None:
-            located = pydoc.locate(resolved[key])
-            if located is None:
-                raise ImportError(f"plans name {resolved[key]!r} for {key!r}, which cannot be imported")
-            resolved[key] = located
-    return resolved
-
-
-def branch_widths(features_per_stage: Sequence[int], width_factor: float) -> list[int]:
-    """Per-branch stage widths: the plans' widths times ``width_factor``, rounded, at least 1."""
-    if width_factor <= 0:
-        raise ValueError(f"width_factor must be positive, got {width_factor}")
-    return [max(1, int(round(f * width_factor))) for f in features_per_stage]
 
 
 FusionFactory = Callable[..., nn.Module]
@@ -77,7 +58,7 @@ class MultiEncoderFusionUNet(MissingModalityNetwork):
         n_conv = kw.get('n_conv_per_stage', kw.get('n_blocks_per_stage'))
         if n_conv is None:
             raise KeyError("plans arch_kwargs have neither 'n_conv_per_stage' nor 'n_blocks_per_stage'")
-        widths = branch_widths(kw['features_per_stage'], width_factor)
+        widths = scale_widths(kw['features_per_stage'], width_factor, kw['n_stages'])
         block_kwargs = {k: kw.get(k) for k in _BLOCK_KEYS}
         block_kwargs['conv_bias'] = bool(block_kwargs['conv_bias'])
         nonlin_first = kw.get('nonlin_first', False)

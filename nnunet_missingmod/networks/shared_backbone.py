@@ -30,7 +30,7 @@ and returns, besides the prediction for the given mask:
 from __future__ import annotations
 
 import pydoc
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -41,25 +41,7 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from nnunet_missingmod.losses.mutual_information import VariationalMILoss
 from nnunet_missingmod.modalities import draw_availability
 from nnunet_missingmod.networks.base import MissingModalityNetwork
-
-
-def resolve_arch_kwargs(arch_kwargs: dict, requires_import: Sequence[str]) -> dict:
-    """Plans ``arch_kwargs`` with the ``_kw_requires_import`` entries turned into classes (as nnU-Net does)."""
-    kwargs = dict(arch_kwargs)
-    for key in requires_import:
-        if kwargs.get(key) is not None:
-            located = pydoc.locate(kwargs[key])
-            if located is None:
-                raise ImportError(f"cannot import {kwargs[key]!r} (plans architecture kwarg {key!r})")
-            kwargs[key] = located
-    return kwargs
-
-
-def scale_widths(features_per_stage, n_stages: int, width_factor: float) -> list:
-    """Widths multiplied by ``width_factor`` (rounded, at least 1)."""
-    if isinstance(features_per_stage, int):
-        features_per_stage = [features_per_stage] * n_stages
-    return [max(1, int(round(f * width_factor))) for f in features_per_stage]
+from nnunet_missingmod.networks.plans import resolve_arch_kwargs, scale_widths
 
 
 def combine_pairs(values: torch.Tensor, pair_index: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
@@ -122,7 +104,7 @@ class SharedBackboneNetwork(MissingModalityNetwork):
         self.backbone.apply(init)
         self.channel_encoders.apply(init)
 
-        stage_widths = scale_widths(widths, n_stages, 1.0)
+        stage_widths = scale_widths(widths, 1.0, n_stages)
         k = n_stages if mi_num_levels is None else int(mi_num_levels)
         if not 0 <= k <= n_stages:
             raise ValueError(f"mi_num_levels must be between 0 and {n_stages}, got {mi_num_levels}")
@@ -142,7 +124,7 @@ class SharedBackboneNetwork(MissingModalityNetwork):
                               f"cannot be imported")
         bk = resolve_arch_kwargs(configuration_manager.network_arch_init_kwargs,
                                  configuration_manager.network_arch_init_kwargs_req_import)
-        bk['features_per_stage'] = scale_widths(bk['features_per_stage'], bk['n_stages'], width_factor)
+        bk['features_per_stage'] = scale_widths(bk['features_per_stage'], width_factor, bk['n_stages'])
         bk['deep_supervision'] = deep_supervision
         return cls(num_input_channels, num_output_channels, backbone_class, bk, **kwargs)
 
