@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from nnunet_missingmod.env import ext_trainer_path
+from nnunet_missingmod.regions import region_name_of_labels
 
 DATASET_ID = 900
 DATASET_NAME = 'Dataset900_SyntheticBraTS'
@@ -118,9 +119,9 @@ def main(argv=None) -> None:
                '-device', args.device, *tta], env)
     print(f"\nDemo finished in {(time.time() - start) / 60:.1f} min. Held-out Dice with all modalities "
           f"({args.trainer}, {configuration}):")
-    names = {'(1, 2, 3)': 'WT', '(2, 3)': 'TC', '(3,)': 'ET', '3': 'ET'}
+    dataset_json = json.loads((raw / 'dataset.json').read_text())
     for region, value in dice.items():
-        print(f"  {names.get(region, region):>3}: {value:.3f}")
+        print(f"  {region_name_of_labels(dataset_json, region):>3}: {value:.3f}")
     if not args.no_benchmark:
         print(f"All-subsets table: {work / 'benchmark'}")
 

@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 
 from nnunet_missingmod.modalities import all_subsets, subset_to_mask
 from nnunet_missingmod.losses.ciml import SegmentorRegionLoss
-from nnunet_missingmod.networks.ciml import (BRATS_TASK_MAP, CIGModule, CIMLNetwork, check_task_map, region_names,
-                                             resolve_task_map)
+from nnunet_missingmod.networks.ciml import BRATS_TASK_MAP, CIGModule, CIMLNetwork, check_task_map, resolve_task_map
+from nnunet_missingmod.regions import region_names
 
 ARCH = 'dynamic_network_architectures.architectures.unet.PlainConvUNet'
 REQ = ['conv_op', 'norm_op', 'dropout_op', 'nonlin']
@@ -178,7 +178,7 @@ def test_width_factor_scales_segmentors():
 
 # ------------------------------------------------------------------------------------------------ task maps
 def test_default_task_map_resolves_brats_names():
-    assert region_names(BRATS_JSON) == ['whole tumor', 'tumor core', 'enhancing tumor']
+    assert region_names(BRATS_JSON) == ['WT', 'TC', 'ET']
     assert resolve_task_map(None, BRATS_JSON) == BRATS_INDEX_MAP
     assert resolve_task_map(BRATS_TASK_MAP, BRATS_JSON) == BRATS_INDEX_MAP
     own_names = {'flair': ['Whole Tumor'], 't1ce': ['enhancing tumor', 'tumor core']}
@@ -194,7 +194,7 @@ def test_default_task_map_without_brats_names_is_all_to_all():
 @pytest.mark.parametrize('task_map, message', [
     ({'FLAIR': ['WT'], 'T3': ['TC', 'ET']}, "unknown modality 'T3'"),
     ({'FLAIR': ['WT'], 'T1ce': ['TC', 'necrosis']}, "unknown region 'necrosis'"),
-    ({'FLAIR': ['WT'], 'T1ce': ['TC']}, "enhancing tumor"),
+    ({'FLAIR': ['WT'], 'T1ce': ['TC']}, r"regions \['ET'\] without a segmentor"),
 ])
 def test_task_map_validation_errors(task_map, message):
     with pytest.raises(ValueError, match=message):

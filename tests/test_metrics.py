@@ -5,9 +5,10 @@ import pytest
 from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
-from nnunet_missingmod.evaluation.metrics import (HD95_PENALTY_MM, dataset_regions, dice, empty_hd95_value,
-                                                  et_postprocess, et_relabel_labelmap, evaluate_case, hd95,
-                                                  image_diagonal_mm, region_masks, region_short_name)
+from nnunet_missingmod.evaluation.metrics import (HD95_PENALTY_MM, dice, empty_hd95_value, et_postprocess,
+                                                  et_relabel_labelmap, evaluate_case, hd95, image_diagonal_mm,
+                                                  region_masks)
+from nnunet_missingmod.regions import dataset_regions, region_index, region_name_of_labels, region_short_name
 
 BRATS_LABELS = {'background': 0, 'whole tumor': [1, 2, 3], 'tumor core': [2, 3], 'enhancing tumor': [3]}
 BRATS_JSON = {'labels': BRATS_LABELS, 'regions_class_order': [1, 2, 3]}
@@ -111,6 +112,16 @@ def test_region_names_and_regions_come_from_dataset_json():
     assert dataset_regions(labels) == [('liver', (1,)), ('tumour', (2,))]
     with pytest.raises(ValueError, match='labels'):
         dataset_regions({'channel_names': {}})
+
+
+def test_region_lookup_by_name_and_by_nnunet_summary_key():
+    assert [region_index(BRATS_JSON, n) for n in ('wt', 'Tumor Core', 'enhancing_tumor', 'ET')] == [0, 1, 2, 2]
+    with pytest.raises(ValueError, match="unknown region 'necrosis'"):
+        region_index(BRATS_JSON, 'necrosis')
+    # nnU-Net's evaluation summary.json keys regions by their label tuple (or the label for one-label regions)
+    assert [region_name_of_labels(BRATS_JSON, k) for k in ('(1, 2, 3)', '(2, 3)', '(3,)', '3', [3, 2])] == \
+        ['WT', 'TC', 'ET', 'ET', 'TC']
+    assert region_name_of_labels(BRATS_JSON, '(1, 2)') == '(1, 2)'
 
 
 def test_region_masks_and_evaluate_case():

@@ -33,13 +33,13 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
 from nnunet_missingmod.env import enable_ext_trainers
-from nnunet_missingmod.evaluation.metrics import (HD95_EMPTY_CHOICES, all_labels_of, dataset_regions,
-                                                  empty_hd95_value, evaluate_case)
+from nnunet_missingmod.evaluation.metrics import HD95_EMPTY_CHOICES, all_labels_of, empty_hd95_value, evaluate_case
 from nnunet_missingmod.evaluation.tables import write_reports
 from nnunet_missingmod.inference.predict import (MissingModalityPredictor, add_nnunet_predict_arguments,
                                                  make_predictor, scan_input_folder)
 from nnunet_missingmod.modalities import (MODALITY_ORDERS, all_subsets, channel_order, modality_names,
                                           parse_subset, subset_name, subset_to_mask)
+from nnunet_missingmod.regions import dataset_regions
 
 Case = Tuple[str, torch.Tensor, dict, str]  # identifier, preprocessed data, properties, reference file
 

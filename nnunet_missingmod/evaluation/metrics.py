@@ -1,7 +1,7 @@
 """Dice and HD95 per region, with the conventions of the missing-modality literature made explicit.
 
-Regions come from ``dataset.json`` (``labels``; a list value is a region, as in nnU-Net's label manager), never
-from hard-coded BraTS values. Conventions (all tested in ``tests/test_metrics.py``):
+Regions come from ``dataset.json`` (:mod:`nnunet_missingmod.regions`), never from hard-coded BraTS values.
+Conventions (all tested in ``tests/test_metrics.py``):
 
 * **both empty** (no ground truth and no prediction of a region): Dice 1, HD95 0 — a correct "nothing there".
 * **one side empty**: Dice 0 (the formula gives it). HD95 is undefined; ``hd95_empty`` chooses what is reported:
@@ -30,59 +30,15 @@ from typing import Dict, Iterable, List, Sequence, Tuple, Union
 import numpy as np
 from scipy import ndimage
 
+from nnunet_missingmod.regions import Region
+
 #: HD95 reported when exactly one of prediction / ground truth is empty (``hd95_empty='penalty'``): the diagonal
 #: of the 240 x 240 x 155 mm BraTS volume, sqrt(240^2 + 240^2 + 155^2) = 373.13 mm.
 HD95_PENALTY_MM = 373.13
 HD95_EMPTY_CHOICES = ('penalty', 'nan', 'max')
 
-#: canonical short names of BraTS-like regions, matched against dataset.json label names
-_CANONICAL_NAMES = {
-    'WT': ('whole tumor', 'whole tumour', 'wt', 'whole'),
-    'TC': ('tumor core', 'tumour core', 'tc', 'core'),
-    'ET': ('enhancing tumor', 'enhancing tumour', 'et', 'enhancing', 'enhancing core'),
-}
-
-Region = Tuple[int, ...]
-
 
 # ----------------------------------------------------------------------------------------------- regions
-def region_short_name(label_name: str) -> str:
-    """``'whole tumor'`` -> ``'WT'``, ``'tumor core'`` -> ``'TC'``, ``'enhancing tumor'`` -> ``'ET'``; any other
-    name is returned unchanged (the data set's own label name)."""
-    key = ' '.join(label_name.lower().replace('_', ' ').replace('-', ' ').split())
-    for short, aliases in _CANONICAL_NAMES.items():
-        if key in aliases:
-            return short
-    return label_name
-
-
-def dataset_regions(dataset_json: dict) -> List[Tuple[str, Region]]:
-    """``[(name, labels), ...]`` of the evaluated regions of a data set, in dataset.json order.
-
-    Region-based data sets (some ``labels`` value is a list with more than one entry, nnU-Net's rule) are
-    evaluated per region; label-based ones per foreground label. Background and ``ignore`` are skipped.
-    """
-    labels = dataset_json.get('labels')
-    if not labels:
-        raise ValueError("dataset.json has no 'labels': cannot tell the regions to evaluate")
-    has_regions = any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
-    out: List[Tuple[str, Region]] = []
-    for name, value in labels.items():
-        if name == 'ignore':
-            continue
-        values = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
-        if all(v == 0 for v in values):
-            continue
-        if not has_regions:
-            values = values[:1]
-        out.append((region_short_name(name), tuple(sorted(set(values)))))
-    names = [n for n, _ in out]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise ValueError(f"dataset.json labels map to duplicate region names {duplicated}")
-    return out
-
-
 def region_masks(segmentation: np.ndarray, regions: Sequence[Tuple[str, Region]]) -> Dict[str, np.ndarray]:
     """``{name: bool mask}`` of each region in a label map."""
     return {name: np.isin(segmentation, labels) for name, labels in regions}

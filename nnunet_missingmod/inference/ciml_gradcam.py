@@ -167,7 +167,7 @@ def run(model_folder: str, fold, output_folder: str, image_files: Optional[Seque
     from nnunetv2.paths import nnUNet_raw
 
     from nnunet_missingmod.env import enable_ext_trainers
-    from nnunet_missingmod.networks.ciml import region_names
+    from nnunet_missingmod.regions import region_names
 
     enable_ext_trainers()
     if (image_files is None) == (case is None):

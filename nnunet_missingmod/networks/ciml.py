@@ -53,44 +53,16 @@ from nnunet_missingmod.losses.information_bottleneck import gaussian_kl_standard
 from nnunet_missingmod.modalities import modality_index, modality_names
 from nnunet_missingmod.networks.base import MissingModalityNetwork
 from nnunet_missingmod.networks.plans import scale_widths
+from nnunet_missingmod.regions import region_index, region_names
 
 #: message fusion variants of the paper's Table 5
 FUSIONS = ('none', 'plain', 'attention', 'vi', 'attention_vi')
-
-#: BraTS region abbreviations -> label names of the converted BraTS dataset.json
-REGION_ALIASES = {'wt': 'whole tumor', 'tc': 'tumor core', 'et': 'enhancing tumor'}
 
 #: the paper's default BraTS task decomposition (Sec. 4.1.1, last row of Table 6)
 BRATS_TASK_MAP = {'FLAIR': ('WT',), 'T1': ('TC',), 'T2': ('WT', 'TC'), 'T1ce': ('TC', 'ET')}
 
 
 # ----------------------------------------------------------------------------------------------- task map
-def region_names(dataset_json: dict) -> List[str]:
-    """Names of the output channels (region-based training): the non-background, non-ignore labels in order."""
-    names = []
-    for name, value in dataset_json['labels'].items():
-        if name == 'ignore':
-            continue
-        values = set(value) if isinstance(value, (list, tuple)) else {value}
-        if values == {0}:
-            continue
-        names.append(name)
-    return names
-
-
-def region_index(dataset_json: dict, name: str) -> int:
-    """Output channel of a region name: a dataset label name or WT/TC/ET (case-insensitive)."""
-    names = region_names(dataset_json)
-    lowered = [n.lower() for n in names]
-    key = name.lower()
-    if key not in lowered and REGION_ALIASES.get(key) in lowered:
-        key = REGION_ALIASES[key]
-    if key not in lowered:
-        raise ValueError(f"unknown region {name!r} in CIML task map; dataset.json regions are {names} "
-                         f"(abbreviations {sorted(a.upper() for a in REGION_ALIASES)} are accepted for BraTS)")
-    return lowered.index(key)
-
-
 def resolve_task_map(task_map: Optional[Mapping[str, Sequence[str]]], dataset_json: dict) -> List[List[int]]:
     """Names -> indices: ``result[m]`` = sorted region channels of modality ``m``'s segmentor.
 
