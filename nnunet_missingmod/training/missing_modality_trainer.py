@@ -1,6 +1,7 @@
 """Base trainer of every missing-modality method, and the early-fusion modality-dropout baseline."""
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 from typing import Dict, List, Tuple
 
@@ -66,6 +67,26 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         """The network without DDP / torch.compile wrappers."""
         mod = self.network.module if self.is_ddp else self.network
         return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    def _do_i_compile(self) -> bool:
+        """nnU-Net's torch.compile rule, except that networks of the availability protocol are not compiled unless
+        ``nnUNet_compile`` is set to true explicitly.
+
+        Their forward branches on the availability masks (``Tensor.item`` graph breaks) and their Python-side
+        subset bookkeeping specialises a graph per modality subset: torch 2.x's dynamo re-compiles per subset and
+        falls back to eager after its recompile limit (measured on CPU with the ``aot_eager`` backend, see
+        ``tests/test_compile.py``). Compiling would spend minutes for little gain, so the default is eager, said
+        once in the training log.
+        """
+        if isinstance(self.bare_network, MissingModalityNetwork) and \
+                os.environ.get('nnUNet_compile', '').lower() not in ('true', '1', 't'):
+            if not getattr(self, '_compile_note_logged', False):
+                self._compile_note_logged = True
+                self.print_to_log_file(f"torch.compile is off for {type(self.bare_network).__name__}: its forward "
+                                       f"depends on the modality availability (graph breaks, one recompilation "
+                                       f"per subset). Set nnUNet_compile=t to compile it anyway.")
+            return False
+        return super()._do_i_compile()
 
     def set_deep_supervision_enabled(self, enabled: bool):
         mod = self.bare_network
