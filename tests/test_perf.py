@@ -1,7 +1,7 @@
 import json
 
 from conftest import DATASET_ID, run
-from nnunet_missingmod.evaluation.perf import markdown_table, ratios
+from nnunet_missingmod.evaluation.perf import markdown_table, ratios, within_budget
 
 
 def test_ratios_are_relative_to_nnunet_trainer():
@@ -10,6 +10,18 @@ def test_ratios_are_relative_to_nnunet_trainer():
     rel = ratios(results)
     assert rel['nnUNetTrainer']['step_s'] == 1.0 and rel['nnUNetTrainerX']['step_s'] == 1.5
     assert rel['nnUNetTrainerX']['peak_memory_mb'] is None  # no ratio to a zero reference
+
+
+def test_budget_verdict_uses_design_limits():
+    assert within_budget({'step_s': 1.3, 'peak_memory_mb': 1.5, 'predict_s': 1.0}) is True
+    assert within_budget({'step_s': 1.31, 'peak_memory_mb': 1.0, 'predict_s': 1.0}) is False
+    assert within_budget({'step_s': 1.0, 'peak_memory_mb': 1.6, 'predict_s': 1.0}) is False
+    assert within_budget({'step_s': 1.0, 'peak_memory_mb': None, 'predict_s': 1.0}) is None
+    table = markdown_table({'nnUNetTrainer': dict(parameters=1e6, gflops_per_patch=2.0, step_s=1.0,
+                                                  peak_memory_mb=100.0, predict_s=1.0),
+                            'slow': dict(parameters=1e6, gflops_per_patch=2.0, step_s=1.4, peak_memory_mb=100.0,
+                                         predict_s=1.0)}, 'header')
+    assert '| slow | 1.00 | 2.0 | 1.400 | 100 | 1.00 | 1.40 | 1.00 | 1.00 | NO |' in table
 
 
 def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):

@@ -27,8 +27,10 @@ from pathlib import Path
 
 DEFAULT_TRAINERS = ('nnUNetTrainer', 'nnUNetTrainerModalityDropout', 'nnUNetTrainerConcatFusion',
                     'nnUNetTrainerAttentionFusion', 'nnUNetTrainerSMSN', 'nnUNetTrainerHolderMI',
-                    'nnUNetTrainerCIML')
+                    'nnUNetTrainerHolderMI_budget', 'nnUNetTrainerCIML')
 FIGURES = ('parameters', 'gflops_per_patch', 'step_s', 'peak_memory_mb', 'predict_s')
+#: DESIGN.md's compute budget: the largest allowed ratio to ``nnUNetTrainer`` of each figure
+BUDGET = {'step_s': 1.3, 'peak_memory_mb': 1.5, 'predict_s': 1.3}
 
 
 def _current_rss_mb() -> float:
@@ -109,18 +111,44 @@ def ratios(results: dict, reference: str = 'nnUNetTrainer') -> dict:
     return {t: {k: (v / ref[k] if ref and ref.get(k) else None) for k, v in r.items()} for t, r in results.items()}
 
 
+def within_budget(ratio: dict) -> bool | None:
+    """Whether every budgeted ratio is within :data:`BUDGET` (None when a ratio is unknown)."""
+    if any(ratio.get(k) is None for k in BUDGET):
+        return None
+    return all(ratio[k] <= limit for k, limit in BUDGET.items())
+
+
+def device_description(device: str) -> str:
+    """The GPU's name, or the CPU model and the number of threads torch uses."""
+    import platform
+
+    import torch
+    if device == 'cuda':
+        return torch.cuda.get_device_name()
+    model = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            model = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{model}, {torch.get_num_threads()} threads'
+
+
 def markdown_table(results: dict, header: str) -> str:
     rel = ratios(results)
     lines = [header, '',
-             '| trainer | params (M) | GFLOPs/patch | step (s) | peak mem (MB) | predict (s) | step × | mem × | predict × |',
-             '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+             '| trainer | params (M) | GFLOPs/patch | step (s) | peak mem (MB) | predict (s) | step × | mem × '
+             '| predict × | budget |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
     for trainer, r in results.items():
         q = rel[trainer]
         fmt = lambda v: '–' if v is None else f'{v:.2f}'  # noqa: E731
+        verdict = {True: 'yes', False: 'NO', None: '–'}[within_budget(q)]
         lines.append(f"| {trainer} | {r['parameters'] / 1e6:.2f} | {r['gflops_per_patch']:.1f} | {r['step_s']:.3f} "
                      f"| {r['peak_memory_mb']:.0f} | {r['predict_s']:.2f} | {fmt(q['step_s'])} "
-                     f"| {fmt(q['peak_memory_mb'])} | {fmt(q['predict_s'])} |")
-    return '\n'.join(lines) + '\n'
+                     f"| {fmt(q['peak_memory_mb'])} | {fmt(q['predict_s'])} | {verdict} |")
+    limits = ', '.join(f'{k} ≤ {v}×' for k, v in BUDGET.items())
+    return '\n'.join(lines) + f'\n\nbudget (DESIGN.md): {limits} of nnUNetTrainer\n'
 
 
 def main(argv=None) -> None:
@@ -153,8 +181,8 @@ def main(argv=None) -> None:
         results[trainer] = json.loads(proc.stdout.strip().splitlines()[-1])
     out = Path(args.o)
     out.mkdir(parents=True, exist_ok=True)
-    header = (f'Dataset {args.d}, configuration {args.c}, device {args.device}, median of {args.steps} steps after '
-              f'{args.warmup} warm-up steps, {time.strftime("%Y-%m-%d")}')
+    header = (f'Dataset {args.d}, configuration {args.c}, device {args.device} ({device_description(args.device)}), '
+              f'median of {args.steps} steps after {args.warmup} warm-up steps, {time.strftime("%Y-%m-%d")}')
     table = markdown_table(results, header)
     (out / 'perf.md').write_text(table)
     (out / 'perf.json').write_text(json.dumps({'settings': vars(args), 'results': results,
