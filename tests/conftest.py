@@ -21,6 +21,9 @@ DATASET_ID = 990
 DATASET_NAME = 'Dataset990_SynthTest'
 SMOKE_CONFIG = '3d_smoke'
 N_CASES = 10
+#: voxels of the synthetic cases (3 mm): about the physical size of the default, a third of its voxels, so that
+#: nnU-Net's sliding-window validation and the benchmarks need few windows on a CPU
+SHAPE = (48, 56, 40)
 
 
 def run(cmd: list[str], env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -73,7 +76,7 @@ def nnunet_dataset(tmp_path_factory) -> NnUNetDataset:
     env = nnunet_environment(root)
     source = root / 'brats_source'
     run([sys.executable, '-m', 'nnunet_missingmod.dataset_conversion.synthetic_brats',
-         '-o', str(source), '-n', str(N_CASES), '--seed', '0'], env)
+         '-o', str(source), '-n', str(N_CASES), '--seed', '0', '--shape', *map(str, SHAPE), '--spacing', '3'], env)
     run([sys.executable, '-m', 'nnunet_missingmod.dataset_conversion.brats',
          '-i', str(source), '-d', str(DATASET_ID), '-n', 'SynthTest'], env)
     # planning calls torch.set_num_threads(nnUNet_n_proc_DA), which must be positive

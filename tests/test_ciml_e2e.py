@@ -42,8 +42,7 @@ def test_ciml_train_predict_and_gradcam(nnunet_dataset, trained_model, tmp_path)
     result = json.loads((out / 'ciml_gradcam.json').read_text())
     assert result['available_modalities'] == ['T1', 'T1ce', 'T2', 'FLAIR']
     pairs = {(p['primary'], p['region']): p for p in result['pairs']}
-    assert set(pairs) == {('T1', 'tumor core'), ('T1ce', 'tumor core'), ('T1ce', 'enhancing tumor'),
-                          ('T2', 'whole tumor'), ('T2', 'tumor core'), ('FLAIR', 'whole tumor')}
+    assert set(pairs) == {('T1', 'TC'), ('T1ce', 'TC'), ('T1ce', 'ET'), ('T2', 'WT'), ('T2', 'TC'), ('FLAIR', 'WT')}
     for (primary, _), p in pairs.items():
         assert set(p['weights']) == {'T1', 'T1ce', 'T2', 'FLAIR'} - {primary}
         total = sum(p['heatmap_sums'].values())
