@@ -354,3 +354,31 @@ def test_mm_predict_absent_file_missing_option_and_refused_case(nnunet_dataset, 
                           *model_args(nnunet_dataset), '--missing', 'PD'], env=nnunet_dataset.env,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "unknown modality 'PD'" in bad.stderr
+
+
+def test_benchmark_cost_times_the_benchmark_against_one_predict_per_subset(nnunet_dataset, mm_benchmark, tmp_path):
+    case = mm_benchmark.cases[0]
+    images = tmp_path / 'images'
+    images.mkdir()
+    for c in range(4):
+        shutil.copy(nnunet_dataset.raw / 'imagesTr' / f'{case}_{c:04d}.nii.gz', images)
+    out = tmp_path / 'cost'
+    run(['nnUNetv2_mm_benchmark_cost', *model_args(nnunet_dataset), '-i', str(images), '-l',
+         str(nnunet_dataset.raw / 'labelsTr'), '-o', str(out), '--subsets', 'T1ce', 'FLAIR+T2'],
+        nnunet_dataset.env, timeout=1800)
+    cost = json.loads((out / 'cost.json').read_text())
+    assert list(cost['predict_s_per_subset']) == ['T1ce', 'FLAIR+T2']
+    assert cost['benchmark_s'] > 0 and all(t > 0 for t in cost['predict_s_per_subset'].values())
+    assert cost['predict_s'] == pytest.approx(sum(cost['predict_s_per_subset'].values()))
+    assert cost['predict_over_benchmark'] == pytest.approx(cost['predict_s'] / cost['benchmark_s'])
+    # the inputs of nnUNetv2_predict: the subset's files unchanged, every other modality an all-zero image
+    for subset, kept in (('T1ce', {1}), ('FLAIR+T2', {2, 3})):
+        for c in range(4):
+            copy = read_seg(out / 'inputs' / subset / f'{case}_{c:04d}.nii.gz')
+            source = read_seg(images / f'{case}_{c:04d}.nii.gz')
+            if c in kept:
+                np.testing.assert_array_equal(copy, source)
+            else:
+                assert copy.shape == source.shape and not copy.any()
+        assert (out / 'predictions' / subset / f'{case}.nii.gz').is_file()
+    assert len(read_rows(out / 'benchmark' / 'per_case.csv')) == 2 * 3

@@ -1,0 +1,109 @@
+"""``nnUNetv2_mm_benchmark_cost``: wall time of the all-subsets benchmark against one ``nnUNetv2_predict`` per subset.
+
+The benchmark preprocesses every case once and applies the modality subsets in preprocessed space
+(``nnUNetv2_mm_benchmark``). The alternative a user without it has is one ``nnUNetv2_predict`` run per subset on a
+copy of the test set whose missing modalities are zero-filled files. This command times both on the same cases,
+model and settings:
+
+* ``benchmark_s``: one ``nnUNetv2_mm_benchmark -i IMAGES -l LABELS`` run (prediction *and* metrics);
+* ``predict_s``: the sum over subsets of ``nnUNetv2_predict`` on the zero-filled copies (prediction only; writing
+  the copies is not timed and the metrics would come on top).
+
+Both run as console commands in subprocesses, start-up included, as a user would run them. Writes ``cost.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from tqdm import tqdm
+
+
+def zero_filled_copy(images: str, subset, dataset_json: dict, output: str) -> None:
+    """The cases of ``images`` with the modalities outside ``subset`` (channel indices) replaced by zero images."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    from nnunet_missingmod.inference.predict import prepare_case_files, scan_input_folder
+    from nnunet_missingmod.modalities import modality_names
+    names, ending = modality_names(dataset_json), dataset_json['file_ending']
+    reader_writer = determine_reader_writer_from_dataset_json(dataset_json, verbose=False)()
+    os.makedirs(output, exist_ok=True)
+    dropped = [c for c in range(len(names)) if c not in subset]
+    for case, files in scan_input_folder(images, ending, len(names)).items():
+        paths, _ = prepare_case_files(case, files, names, dropped, reader_writer, ending, output)
+        for channel, path in enumerate(paths):
+            target = os.path.join(output, f'{case}_{channel:04d}{ending}')
+            if os.path.abspath(path) != os.path.abspath(target):
+                shutil.copyfile(path, target)
+
+
+def _timed(cmd: list) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('-d', required=True, help='dataset name or ID')
+    parser.add_argument('-c', required=True, help='configuration')
+    parser.add_argument('-tr', default='nnUNetTrainer', help='trainer')
+    parser.add_argument('-p', default='nnUNetPlans', help='plans identifier')
+    parser.add_argument('-f', nargs='+', default=['0'], help='folds')
+    parser.add_argument('-i', required=True, help='test images (nnU-Net raw layout, every modality present)')
+    parser.add_argument('-l', required=True, help='reference label maps of -i')
+    parser.add_argument('-o', required=True, help='work folder; cost.json is written here')
+    parser.add_argument('-device', default='cuda', choices=['cpu', 'cuda', 'mps'])
+    parser.add_argument('--disable_tta', action='store_true', help='no mirroring, for both')
+    parser.add_argument('--subsets', nargs='+', default=None, help='only these subsets (default: all)')
+    args = parser.parse_args(argv)
+
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.paths import nnUNet_raw
+
+    from nnunet_missingmod.evaluation.benchmark import benchmark_subsets
+    from nnunet_missingmod.modalities import modality_names
+
+    dataset_json_file = os.path.join(nnUNet_raw or '', maybe_convert_to_dataset_name(args.d), 'dataset.json')
+    if not os.path.isfile(dataset_json_file):
+        parser.error(f"{dataset_json_file}: no dataset.json (is nnUNet_raw set?)")
+    with open(dataset_json_file) as f:
+        dataset_json = json.load(f)
+    names = modality_names(dataset_json)
+    subsets = benchmark_subsets(names, 'paper', args.subsets)
+    if not subsets:
+        parser.error(f"--subsets {args.subsets} selects no subset")
+    model = ['-d', args.d, '-c', args.c, '-tr', args.tr, '-p', args.p, '-f', *args.f, '-device', args.device,
+             *(['--disable_tta'] if args.disable_tta else [])]
+    work = os.path.abspath(args.o)
+    os.makedirs(work, exist_ok=True)
+
+    print(f"nnUNetv2_mm_benchmark over {len(subsets)} subsets ...", flush=True)
+    benchmark_s = _timed(['nnUNetv2_mm_benchmark', *model, '-i', args.i, '-l', args.l, '-o',
+                          os.path.join(work, 'benchmark'), '--subsets', *[n for n, _ in subsets],
+                          '--disable_progress_bar'])
+    per_subset = {}
+    for name, subset in tqdm(subsets, desc='nnUNetv2_predict per subset'):
+        folder = os.path.join(work, 'inputs', name)
+        zero_filled_copy(args.i, subset, dataset_json, folder)
+        per_subset[name] = _timed(['nnUNetv2_predict', *model, '-i', folder, '-o',
+                                   os.path.join(work, 'predictions', name), '--disable_progress_bar'])
+    predict_s = sum(per_subset.values())
+    result = {'benchmark_s': benchmark_s, 'predict_s': predict_s, 'predict_over_benchmark': predict_s / benchmark_s,
+              'predict_s_per_subset': per_subset, 'settings': vars(args), 'date': time.strftime('%Y-%m-%d')}
+    with open(os.path.join(work, 'cost.json'), 'w') as f:
+        json.dump(result, f, indent=2)
+    print(f"nnUNetv2_mm_benchmark (prediction + metrics): {benchmark_s:.1f} s; {len(subsets)} x nnUNetv2_predict "
+          f"(prediction only): {predict_s:.1f} s; ratio {predict_s / benchmark_s:.2f}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
