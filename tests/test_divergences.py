@@ -122,3 +122,17 @@ def test_unknown_names():
         get_divergence('wasserstein')
     with pytest.raises(ValueError, match='mode'):
         divergence_map(torch.zeros(1, 2), torch.zeros(1, 2), 'tanh')
+
+
+@pytest.mark.parametrize('mode', ['sigmoid', 'softmax'])
+def test_half_precision_inputs_are_evaluated_in_float32(mode):
+    """Mixed precision (nnU-Net's autocast on GPUs) hands over float16 logits: same values as float32, finite."""
+    torch.manual_seed(0)
+    logits = 8 * torch.randn(2, 3, 4, 4, 4)
+    target = (torch.rand(2, 3, 4, 4, 4) > 0.5).float()
+    if mode == 'softmax':
+        target = torch.nn.functional.one_hot(target.argmax(1), 3).movedim(-1, 1).float()
+    reference = divergence_map(logits.half().float(), target, mode)
+    half = divergence_map(logits.half(), target.half(), mode)
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    torch.testing.assert_close(half, reference)

@@ -114,10 +114,14 @@ def divergence_map(logits: torch.Tensor, target: torch.Tensor, mode: str, name: 
 
     ``target`` may have fewer leading dimensions than ``logits`` (it is broadcast), e.g. logits of several modality
     subsets ``(S, B, K, ...)`` against one label ``(B, K, ...)`` with ``dim=2``.
+
+    Evaluated in at least float32: under mixed precision ``LABEL_EPS`` and ``beta * log(eps)`` are outside what
+    float16 resolves.
     """
     fn = get_divergence(name)
     kwargs = {'alpha': alpha} if name.lower() == 'holder' else {}
-    target = target.to(logits.dtype)
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    logits, target = logits.to(dtype), target.to(dtype)
     # a negative class axis addresses the same axis of a label with fewer leading dimensions
     dim = dim - logits.ndim if dim >= 0 else dim
     if mode == 'softmax':
