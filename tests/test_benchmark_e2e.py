@@ -24,9 +24,10 @@ from torch import nn
 
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-from nnunet_missingmod.evaluation.metrics import dataset_regions, evaluate_case
+from nnunet_missingmod.evaluation.metrics import evaluate_case
 from nnunet_missingmod.inference.predict import MissingModalityPredictor, prepare_case_files, scan_input_folder
 from nnunet_missingmod.networks.base import MissingModalityNetwork
+from nnunet_missingmod.regions import dataset_regions
 
 from conftest import run
 
