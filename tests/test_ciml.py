@@ -285,8 +285,9 @@ def test_complementary_information_weights_follow_eq16():
 # ------------------------------------------------------------------------------------------------ trainer class
 def test_build_network_architecture_reads_task_map_from_configuration():
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
-    from nnunet_missingmod.training.ciml_trainer import (nnUNetTrainerCIML, nnUNetTrainerCIML_Message,
-                                                         nnUNetTrainerCIML_NoMessage)
+    from nnunet_missingmod.networks.plans import scale_widths
+    from nnunet_missingmod.training.ciml_trainer import (nnUNetTrainerCIML, nnUNetTrainerCIML_budget,
+                                                         nnUNetTrainerCIML_Message, nnUNetTrainerCIML_NoMessage)
     config = {'architecture': {'network_class_name': ARCH, 'arch_kwargs': ARCH_KWARGS, '_kw_requires_import': REQ},
               'patch_size': [PATCH] * 3, 'ciml_task_map': BRATS_INDEX_MAP}
     net = nnUNetTrainerCIML.build_network_architecture(None, ConfigurationManager(config), 4, 3, False)
@@ -296,6 +297,8 @@ def test_build_network_architecture_reads_task_map_from_configuration():
                                                                   False).fusion == 'none'
     assert nnUNetTrainerCIML_Message.build_network_architecture(None, ConfigurationManager(config), 4, 3,
                                                                 False).fusion == 'plain'
+    budget = nnUNetTrainerCIML_budget.build_network_architecture(None, ConfigurationManager(config), 4, 3, False)
+    assert budget.segmentors[0].encoder.output_channels == scale_widths(ARCH_KWARGS['features_per_stage'], 0.1875)
     del config['ciml_task_map']
     with pytest.raises(ValueError, match='ciml_task_map'):
         nnUNetTrainerCIML.build_network_architecture(None, ConfigurationManager(config), 4, 3, False)
