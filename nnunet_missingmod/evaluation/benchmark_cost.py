@@ -68,8 +68,11 @@ def main(argv=None) -> int:
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.paths import nnUNet_raw
 
+    from nnunet_missingmod.env import enable_ext_trainers
     from nnunet_missingmod.evaluation.benchmark import benchmark_subsets
     from nnunet_missingmod.modalities import modality_names
+
+    enable_ext_trainers()  # nnUNetv2_predict must find our trainers
 
     dataset_json_file = os.path.join(nnUNet_raw or '', maybe_convert_to_dataset_name(args.d), 'dataset.json')
     if not os.path.isfile(dataset_json_file):
