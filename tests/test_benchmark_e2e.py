@@ -383,3 +383,17 @@ def test_benchmark_cost_times_the_benchmark_against_one_predict_per_subset(nnune
                 assert copy.shape == source.shape and not copy.any()
         assert (out / 'predictions' / subset / f'{case}.nii.gz').is_file()
     assert len(read_rows(out / 'benchmark' / 'per_case.csv')) == 2 * 3
+
+
+def test_benchmark_cost_refuses_incomplete_inputs_before_writing(nnunet_dataset, tmp_path):
+    images = tmp_path / 'images'
+    images.mkdir()
+    shutil.copy(nnunet_dataset.raw / 'imagesTr' / 'BraTS20_Training_001_0000.nii.gz', images)
+    out = tmp_path / 'cost'
+    result = subprocess.run(['nnUNetv2_mm_benchmark_cost', *model_args(nnunet_dataset), '-i', str(images), '-l',
+                             str(nnunet_dataset.raw / 'labelsTr'), '-o', str(out)],
+                            env=nnunet_dataset.env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"{images}: every modality must be present" in result.stderr
+    assert "'BraTS20_Training_001': [1, 2, 3]" in result.stderr
+    assert not out.exists()

@@ -51,11 +51,18 @@ def mean_dice(dice: dict, subsets) -> float:
 
 
 def test_dropout_degrades_gracefully_while_stock_collapses(summaries):
+    """Criteria on the worst single-modality subset (mean Dice over regions), calibrated on three unseeded runs of
+    this set-up (one at 150 iterations): the stock model's worst subset kept 3-20 % of its full-set Dice, the
+    dropout model's 72-78 % at 200 iterations (48 % at 150), a gap of 0.28-0.40 Dice. The mean over the single
+    subsets is noisier (gap 0.14-0.39) and is not asserted."""
     stock, dropout = summaries[STOCK], summaries[DROPOUT]
     print({name: {s: {r: round(v, 3) for r, v in d[s].items()} for s in d} for name, d in summaries.items()})
     # both models learned the whole tumour with every modality present
     assert stock[FULL]['WT'] > 0.5 and dropout[FULL]['WT'] > 0.5
-    # single-modality input: the dropout model is far ahead on average and in its worst subset
-    assert mean_dice(dropout, SINGLE) > mean_dice(stock, SINGLE) + 0.15
+    full = {name: mean_dice(d, [FULL]) for name, d in summaries.items()}
     worst = {name: min(mean_dice(d, [s]) for s in SINGLE) for name, d in summaries.items()}
+    # stock collapses: its worst single modality keeps less than a third of its full-set Dice
+    assert worst[STOCK] < full[STOCK] / 3
+    # dropout degrades gracefully: its worst single modality keeps more than half, far above the stock model's
+    assert worst[DROPOUT] > full[DROPOUT] / 2
     assert worst[DROPOUT] > worst[STOCK] + 0.15

@@ -70,34 +70,50 @@ def main(argv=None) -> int:
 
     from nnunet_missingmod.env import enable_ext_trainers
     from nnunet_missingmod.evaluation.benchmark import benchmark_subsets
+    from nnunet_missingmod.inference.predict import scan_input_folder
     from nnunet_missingmod.modalities import modality_names
 
     enable_ext_trainers()  # nnUNetv2_predict must find our trainers
 
-    dataset_json_file = os.path.join(nnUNet_raw or '', maybe_convert_to_dataset_name(args.d), 'dataset.json')
+    try:
+        dataset_json_file = os.path.join(nnUNet_raw or '', maybe_convert_to_dataset_name(args.d), 'dataset.json')
+    except RuntimeError as e:  # unknown data set id; nnU-Net's message names the folders it searched
+        parser.error(str(e))
     if not os.path.isfile(dataset_json_file):
         parser.error(f"{dataset_json_file}: no dataset.json (is nnUNet_raw set?)")
     with open(dataset_json_file) as f:
         dataset_json = json.load(f)
     names = modality_names(dataset_json)
-    subsets = benchmark_subsets(names, 'paper', args.subsets)
+    try:
+        subsets = benchmark_subsets(names, 'paper', args.subsets)
+        incomplete = {case: sorted(set(range(len(names))) - set(files))
+                      for case, files in scan_input_folder(args.i, dataset_json['file_ending'], len(names)).items()
+                      if len(files) < len(names)}
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
     if not subsets:
         parser.error(f"--subsets {args.subsets} selects no subset")
+    if incomplete:
+        parser.error(f"{args.i}: every modality must be present for the comparison; missing channels {incomplete}")
     model = ['-d', args.d, '-c', args.c, '-tr', args.tr, '-p', args.p, '-f', *args.f, '-device', args.device,
              *(['--disable_tta'] if args.disable_tta else [])]
     work = os.path.abspath(args.o)
     os.makedirs(work, exist_ok=True)
 
     print(f"nnUNetv2_mm_benchmark over {len(subsets)} subsets ...", flush=True)
-    benchmark_s = _timed(['nnUNetv2_mm_benchmark', *model, '-i', args.i, '-l', args.l, '-o',
-                          os.path.join(work, 'benchmark'), '--subsets', *[n for n, _ in subsets],
-                          '--disable_progress_bar'])
-    per_subset = {}
-    for name, subset in tqdm(subsets, desc='nnUNetv2_predict per subset'):
-        folder = os.path.join(work, 'inputs', name)
-        zero_filled_copy(args.i, subset, dataset_json, folder)
-        per_subset[name] = _timed(['nnUNetv2_predict', *model, '-i', folder, '-o',
-                                   os.path.join(work, 'predictions', name), '--disable_progress_bar'])
+    try:
+        benchmark_s = _timed(['nnUNetv2_mm_benchmark', *model, '-i', args.i, '-l', args.l, '-o',
+                              os.path.join(work, 'benchmark'), '--subsets', *[n for n, _ in subsets],
+                              '--disable_progress_bar'])
+        per_subset = {}
+        for name, subset in tqdm(subsets, desc='nnUNetv2_predict per subset'):
+            folder = os.path.join(work, 'inputs', name)
+            zero_filled_copy(args.i, subset, dataset_json, folder)
+            per_subset[name] = _timed(['nnUNetv2_predict', *model, '-i', folder, '-o',
+                                       os.path.join(work, 'predictions', name), '--disable_progress_bar'])
+    except (RuntimeError, ValueError) as e:
+        print(f"nnUNetv2_mm_benchmark_cost: error: {e}", file=sys.stderr)
+        return 1
     predict_s = sum(per_subset.values())
     result = {'benchmark_s': benchmark_s, 'predict_s': predict_s, 'predict_over_benchmark': predict_s / benchmark_s,
               'predict_s_per_subset': per_subset, 'settings': vars(args), 'date': time.strftime('%Y-%m-%d')}
