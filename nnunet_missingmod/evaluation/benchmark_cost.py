@@ -24,17 +24,18 @@ import time
 from tqdm import tqdm
 
 
-def zero_filled_copy(images: str, subset, dataset_json: dict, output: str) -> None:
-    """The cases of ``images`` with the modalities outside ``subset`` (channel indices) replaced by zero images."""
+def zero_filled_copy(cases: dict, subset, dataset_json: dict, output: str) -> None:
+    """The cases (``scan_input_folder``'s ``{case: {channel: path}}``) with the modalities outside ``subset``
+    (channel indices) replaced by zero images."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
-    from nnunet_missingmod.inference.predict import prepare_case_files, scan_input_folder
+    from nnunet_missingmod.inference.predict import prepare_case_files
     from nnunet_missingmod.modalities import modality_names
     names, ending = modality_names(dataset_json), dataset_json['file_ending']
     reader_writer = determine_reader_writer_from_dataset_json(dataset_json, verbose=False)()
     os.makedirs(output, exist_ok=True)
     dropped = [c for c in range(len(names)) if c not in subset]
-    for case, files in scan_input_folder(images, ending, len(names)).items():
+    for case, files in cases.items():
         paths, _ = prepare_case_files(case, files, names, dropped, reader_writer, ending, output)
         for channel, path in enumerate(paths):
             target = os.path.join(output, f'{case}_{channel:04d}{ending}')
@@ -86,9 +87,9 @@ def main(argv=None) -> int:
     names = modality_names(dataset_json)
     try:
         subsets = benchmark_subsets(names, 'paper', args.subsets)
+        cases = scan_input_folder(args.i, dataset_json['file_ending'], len(names))
         incomplete = {case: sorted(set(range(len(names))) - set(files))
-                      for case, files in scan_input_folder(args.i, dataset_json['file_ending'], len(names)).items()
-                      if len(files) < len(names)}
+                      for case, files in cases.items() if len(files) < len(names)}
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
     if not subsets:
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
         per_subset = {}
         for name, subset in tqdm(subsets, desc='nnUNetv2_predict per subset'):
             folder = os.path.join(work, 'inputs', name)
-            zero_filled_copy(args.i, subset, dataset_json, folder)
+            zero_filled_copy(cases, subset, dataset_json, folder)
             per_subset[name] = _timed(['nnUNetv2_predict', *model, '-i', folder, '-o',
                                        os.path.join(work, 'predictions', name), '--disable_progress_bar'])
     except (RuntimeError, ValueError) as e:
