@@ -34,6 +34,16 @@ def run(cmd: list[str], env: dict | None = None, timeout: int = 900) -> subproce
     return result
 
 
+def synthetic_raw_dataset(source: Path, dataset_id: int, name: str, n_cases: int, seed: int, env: dict) -> Path:
+    """Generate ``n_cases`` synthetic BraTS cases (:data:`SHAPE`, 3 mm) into ``source`` and convert them to
+    ``Dataset<ID>_<name>`` in nnU-Net raw layout with our console modules; returns that raw folder."""
+    run([sys.executable, '-m', 'nnunet_missingmod.dataset_conversion.synthetic_brats', '-o', str(source),
+         '-n', str(n_cases), '--seed', str(seed), '--shape', *map(str, SHAPE), '--spacing', '3'], env)
+    run([sys.executable, '-m', 'nnunet_missingmod.dataset_conversion.brats', '-i', str(source),
+         '-d', str(dataset_id), '-n', name], env)
+    return Path(env['nnUNet_raw']) / f'Dataset{dataset_id:03d}_{name}'
+
+
 @dataclass
 class NnUNetDataset:
     root: Path
@@ -74,11 +84,7 @@ def nnunet_environment(root: Path) -> dict:
 def nnunet_dataset(tmp_path_factory) -> NnUNetDataset:
     root = tmp_path_factory.mktemp('nnunet')
     env = nnunet_environment(root)
-    source = root / 'brats_source'
-    run([sys.executable, '-m', 'nnunet_missingmod.dataset_conversion.synthetic_brats',
-         '-o', str(source), '-n', str(N_CASES), '--seed', '0', '--shape', *map(str, SHAPE), '--spacing', '3'], env)
-    run([sys.executable, '-m', 'nnunet_missingmod.dataset_conversion.brats',
-         '-i', str(source), '-d', str(DATASET_ID), '-n', 'SynthTest'], env)
+    synthetic_raw_dataset(root / 'brats_source', DATASET_ID, 'SynthTest', N_CASES, 0, env)
     # planning calls torch.set_num_threads(nnUNet_n_proc_DA), which must be positive
     run(['nnUNetv2_plan_and_preprocess', '-d', str(DATASET_ID), '-c', '3d_fullres', '-np', '2'],
         {**env, 'nnUNet_n_proc_DA': '1'})

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import SHAPE, run
+from conftest import run, synthetic_raw_dataset
 
 CONFIG = '3d_degrade'
 STOCK, DROPOUT = 'nnUNetTrainer', 'nnUNetTrainerModalityDropout'
@@ -39,12 +39,8 @@ TRAIN = ('import random, sys, numpy as np, torch\n'
 @pytest.fixture(scope='module')
 def summaries(nnunet_dataset, tmp_path_factory):
     ds, env = nnunet_dataset, nnunet_dataset.env
-    held_out = tmp_path_factory.mktemp('held_out')
-    run([sys.executable, '-m', 'nnunet_missingmod.dataset_conversion.synthetic_brats', '-o', str(held_out / 'brats'),
-         '-n', str(N_HELD_OUT), '--seed', '1', '--shape', *map(str, SHAPE), '--spacing', '3'], env)
-    run([sys.executable, '-m', 'nnunet_missingmod.dataset_conversion.brats', '-i', str(held_out / 'brats'),
-         '-d', '991', '-n', 'SynthHeldOut'], env)
-    raw = ds.raw.parent / 'Dataset991_SynthHeldOut'
+    raw = synthetic_raw_dataset(tmp_path_factory.mktemp('held_out') / 'brats', 991, 'SynthHeldOut', N_HELD_OUT,
+                                1, env)
     run([sys.executable, '-m', 'nnunet_missingmod.small_config', '-d', str(ds.dataset_id), '-c', CONFIG,
          '--patch', '32', '32', '32', '--features', '8', '16', '32', '--batch-size', '2',
          '--epochs', '1', '--iterations', str(ITERATIONS), '--val-iterations', '5'], env)
