@@ -44,6 +44,62 @@ def synthetic_raw_dataset(source: Path, dataset_id: int, name: str, n_cases: int
     return Path(env['nnUNet_raw']) / f'Dataset{dataset_id:03d}_{name}'
 
 
+#: dataset.json of a converted BraTS data set (our converter's channels, labels and regions)
+BRATS_DATASET_JSON = {
+    'channel_names': {'0': 'T1', '1': 'T1ce', '2': 'T2', '3': 'FLAIR'},
+    'labels': {'background': 0, 'whole tumor': [1, 2, 3], 'tumor core': [2, 3], 'enhancing tumor': [3]},
+    'regions_class_order': [1, 2, 3], 'numTraining': 4, 'file_ending': '.nii.gz'}
+
+
+def small_plans(features=(4, 8, 16), patch=(16, 16, 16), batch_size: int = 2) -> dict:
+    """nnU-Net plans (one ``3d_fullres`` configuration, PlainConvUNet) small enough for a CPU unit test."""
+    n = len(features)
+    return {
+        'dataset_name': 'Dataset999_UnitTest', 'plans_name': 'nnUNetPlans',
+        'original_median_spacing_after_transp': [1.0, 1.0, 1.0], 'original_median_shape_after_transp': list(patch),
+        'image_reader_writer': 'SimpleITKIO', 'transpose_forward': [0, 1, 2], 'transpose_backward': [0, 1, 2],
+        'experiment_planner_used': 'ExperimentPlanner', 'label_manager': 'LabelManager',
+        'foreground_intensity_properties_per_channel': {},
+        'configurations': {'3d_fullres': {
+            'data_identifier': 'nnUNetPlans_3d_fullres', 'preprocessor_name': 'DefaultPreprocessor',
+            'batch_size': batch_size, 'patch_size': list(patch), 'median_image_size_in_voxels': list(patch),
+            'spacing': [1.0, 1.0, 1.0], 'normalization_schemes': ['ZScoreNormalization'] * 4,
+            'use_mask_for_norm': [True] * 4, 'resampling_fn_data': 'resample_data_or_seg_to_shape',
+            'resampling_fn_seg': 'resample_data_or_seg_to_shape', 'resampling_fn_data_kwargs': {},
+            'resampling_fn_seg_kwargs': {}, 'resampling_fn_probabilities': 'resample_data_or_seg_to_shape',
+            'resampling_fn_probabilities_kwargs': {}, 'batch_dice': False,
+            'architecture': {
+                'network_class_name': 'dynamic_network_architectures.architectures.unet.PlainConvUNet',
+                'arch_kwargs': {
+                    'n_stages': n, 'features_per_stage': list(features), 'conv_op': 'torch.nn.modules.conv.Conv3d',
+                    'kernel_sizes': [[3, 3, 3]] * n, 'strides': [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+                    'n_conv_per_stage': [2] * n, 'n_conv_per_stage_decoder': [2] * (n - 1), 'conv_bias': True,
+                    'norm_op': 'torch.nn.modules.instancenorm.InstanceNorm3d',
+                    'norm_op_kwargs': {'eps': 1e-5, 'affine': True}, 'dropout_op': None,
+                    'dropout_op_kwargs': None, 'nonlin': 'torch.nn.LeakyReLU', 'nonlin_kwargs': {'inplace': True}},
+                '_kw_requires_import': ['conv_op', 'norm_op', 'dropout_op', 'nonlin']}}}}
+
+
+def make_trainer(cls, root: Path, plans: dict | None = None, dataset_json: dict | None = None, seed: int = 0):
+    """An initialized trainer of class ``cls`` on the CPU, built from :func:`small_plans` (no data on disk: the
+    nnU-Net folders point into ``root``). ``seed`` seeds NumPy and torch first, so network weights and the
+    trainer's generator are repeatable."""
+    import numpy as np
+    for name in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):   # nnU-Net reads them lazily
+        (root / name).mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(root / name)
+    # initialize() infers the dataset class from the file endings of the preprocessed folder; no case is loaded
+    data_folder = root / 'nnUNet_preprocessed' / (plans or small_plans())['dataset_name'] / 'nnUNetPlans_3d_fullres'
+    data_folder.mkdir(parents=True, exist_ok=True)
+    (data_folder / 'unit.b2nd').touch()
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    plans = dict(plans or small_plans(), continue_training=False)   # nnU-Net 2.8's run_training adds this key
+    trainer = cls(plans, '3d_fullres', 0, dataset_json or BRATS_DATASET_JSON, device=torch.device('cpu'))
+    trainer.initialize()
+    return trainer
+
+
 @dataclass
 class NnUNetDataset:
     root: Path

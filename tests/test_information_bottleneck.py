@@ -22,7 +22,12 @@ def test_kl_closed_form_matches_monte_carlo():
     assert torch.allclose(closed.double(), monte_carlo, atol=0.02)
     assert closed[0].item() == 0.0
     assert gaussian_kl_standard_normal(mu, logvar, 'sum').item() == pytest.approx(closed.sum().item())
-    assert gaussian_kl_standard_normal(mu, logvar).item() == pytest.approx(closed.mean().item())
+    assert gaussian_kl_standard_normal(mu, logvar, 'mean').item() == pytest.approx(closed.mean().item())
+    # default: nats per sample = sum over the latent dimensions, mean over the batch axis
+    batch_mu, batch_logvar = torch.stack([mu, 2 * mu, mu.flip(0)]), torch.stack([logvar, logvar, -logvar])
+    per_sample = [sum(0.5 * (m * m + math.exp(v) - 1 - v) for m, v in zip(mu_b.tolist(), lv_b.tolist()))
+                  for mu_b, lv_b in zip(batch_mu, batch_logvar)]
+    assert gaussian_kl_standard_normal(batch_mu, batch_logvar).item() == pytest.approx(sum(per_sample) / 3)
 
 
 def test_kl_is_float32_and_finite_for_half_inputs():

@@ -14,22 +14,28 @@ from __future__ import annotations
 import torch
 
 
-def gaussian_kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = 'mean') -> torch.Tensor:
+def gaussian_kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = 'batchmean'
+                                ) -> torch.Tensor:
     """``KL(N(mu, exp(logvar)) || N(0, 1))`` per element: ``0.5 * (mu^2 + exp(logvar) - 1 - logvar)`` (Eq. 5).
 
     Computed in float32 whatever the input dtype (mixed precision would overflow ``exp``). ``reduction``:
-    ``'none'`` (per element), ``'sum'`` or ``'mean'`` (over all elements: the KL per latent dimension, so that a
-    loss weight does not depend on the bottleneck size).
+
+    * ``'batchmean'`` (default): summed over every latent dimension of a sample (all axes but the first) and
+      averaged over samples -- the KL of the whole latent code in **nats per sample**, the reduction of the
+      variational information bottleneck (Alemi et al., ICLR 2017) and of a VAE's ELBO;
+    * ``'none'`` (per element), ``'sum'``, or ``'mean'`` (per latent element).
     """
     mu, logvar = mu.float(), logvar.float()
     kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
     if reduction == 'none':
         return kl
+    if reduction == 'batchmean':
+        return kl.flatten(1).sum(1).mean() if kl.ndim > 1 else kl.sum()
     if reduction == 'sum':
         return kl.sum()
     if reduction == 'mean':
         return kl.mean()
-    raise ValueError(f"unknown reduction {reduction!r}; use 'none', 'sum' or 'mean'")
+    raise ValueError(f"unknown reduction {reduction!r}; use 'batchmean', 'none', 'sum' or 'mean'")
 
 
 def masked_reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -27,9 +27,18 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
     Per training sample an availability mask is drawn (:func:`~nnunet_missingmod.modalities.draw_availability`),
     ANDed with the channels really present in that case (zero-filled channel files of clinical data sets), the
     missing channels are zeroed *after* nnU-Net's augmentation, and the mask is passed to networks that follow the
-    :class:`~nnunet_missingmod.networks.base.MissingModalityNetwork` protocol. Auxiliary losses returned by the
-    network are weighted by :attr:`aux_loss_weights` and every term is logged per epoch together with how often
-    each modality subset was drawn.
+    :class:`~nnunet_missingmod.networks.base.MissingModalityNetwork` protocol.
+
+    **One rule for the loss.** ``total = sum_k w_k * L_k`` over the terms of :meth:`segmentation_terms` (the hook a
+    method overrides for its target-dependent terms; default ``{'seg': nnU-Net's loss}``) and the auxiliary losses
+    the network returns. ``w_k`` is ``aux_loss_weights[k]``; segmentation terms not listed there weigh 1, a network
+    term not listed there is an error. Every term is logged per epoch, unweighted, with its weight and unit
+    (:attr:`loss_term_units`), and at the start of a run the share of each weighted term in the gradient norm.
+
+    **One generator.** Every random draw of training that is not a tensor op (the subset per sample here, the SMSN
+    fusion order, the Hölder-MI subsets per step) comes from :attr:`rng`, seeded from NumPy's global generator and
+    handed to every network module that has an ``rng`` attribute: ``np.random.seed`` + ``torch.manual_seed``
+    before building the trainer make a run repeat (on one machine, with ``nnUNet_n_proc_DA=0``).
 
     Validation (nnU-Net's pseudo Dice) and the final validation use all present modalities.
 
@@ -42,8 +51,12 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
     modality_dropout: bool = True
     #: extra probability of keeping every present modality (on top of the uniform draw over subsets)
     full_set_probability: float = 0.0
-    #: weight of each auxiliary loss the network returns; an unweighted term is an error
+    #: weight of each loss term; segmentation terms default to 1, a network term without a weight is an error
     aux_loss_weights: Dict[str, float] = {}
+    #: unit of a logged loss term (terms without an entry are dimensionless)
+    loss_term_units: Dict[str, str] = {}
+    #: training steps at the start of a run whose per-term gradient-norm shares are averaged into the log
+    gradient_share_steps: int = 3
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -56,10 +69,22 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         for key, value in schedule.items():
             setattr(self, key, int(value))
         self.modality_names = modality_names(dataset_json)
-        self.rng = np.random.default_rng()
+        self.rng = np.random.default_rng(np.random.randint(0, 2 ** 32, dtype=np.uint64))
         self._present_channels: Dict[str, np.ndarray] = {}
         self._epoch_terms: Dict[str, List[float]] = defaultdict(list)
         self._epoch_subsets: Counter = Counter()
+        self._gradient_shares: Dict[str, List[float]] = defaultdict(list)
+        self._gradient_shares_logged = False
+
+    def initialize(self):
+        super().initialize()
+        self.share_rng(self.bare_network)
+
+    def share_rng(self, network: torch.nn.Module) -> None:
+        """Give every module of ``network`` that draws with an ``rng`` attribute the trainer's generator."""
+        for module in network.modules():
+            if isinstance(getattr(module, 'rng', None), np.random.Generator):
+                module.rng = self.rng
 
     # ----------------------------------------------------------------- network access
     @property
@@ -118,19 +143,56 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         return torch.from_numpy(np.stack(masks))
 
     # ----------------------------------------------------------------- losses
+    def segmentation_terms(self, output, aux: Dict[str, torch.Tensor], target, availability: torch.Tensor
+                           ) -> Dict[str, torch.Tensor]:
+        """The unweighted terms that need the target; methods override this hook. Default: nnU-Net's loss."""
+        return {'seg': self.loss(output, target)}
+
+    def term_weight(self, name: str) -> float:
+        """Weight of a loss term in the total (:attr:`aux_loss_weights`, 1 for unlisted segmentation terms)."""
+        return float(self.aux_loss_weights.get(name, 1.0))
+
     def compute_loss(self, output, aux: Dict[str, torch.Tensor], target, availability: torch.Tensor
                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Total loss and its unweighted terms: nnU-Net's segmentation loss + weighted auxiliary losses.
+        """Total loss and its unweighted terms: ``sum_k w_k L_k`` over segmentation and network terms.
 
-        Names in ``aux`` starting with ``'_'`` are extra network outputs for subclasses, not losses.
+        Names in ``aux`` starting with ``'_'`` are extra network outputs for the segmentation terms, not losses.
         """
-        terms = {'seg': self.loss(output, target)}
-        terms.update({k: v for k, v in aux.items() if not k.startswith('_')})
-        unweighted = [k for k in terms if k != 'seg' and k not in self.aux_loss_weights]
+        terms = dict(self.segmentation_terms(output, aux, target, availability))
+        network_terms = {k: v for k, v in aux.items() if not k.startswith('_')}
+        unweighted = [k for k in network_terms if k not in self.aux_loss_weights]
         if unweighted:
             raise KeyError(f"{type(self).__name__}.aux_loss_weights has no weight for {unweighted}")
-        total = terms['seg'] + sum(self.aux_loss_weights[k] * v for k, v in terms.items() if k != 'seg')
+        terms.update(network_terms)
+        total = sum(self.term_weight(k) * v for k, v in terms.items())
         return total, terms
+
+    def forward_loss(self, data: torch.Tensor, target, availability: torch.Tensor
+                     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Network forward and :meth:`compute_loss` under nnU-Net's autocast (the training step's one path)."""
+        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+            if isinstance(self.bare_network, MissingModalityNetwork):
+                output, aux = self.network(data, availability, return_aux=True)
+            else:
+                output, aux = self.network(data), {}
+            return self.compute_loss(output, aux, target, availability)
+
+    def gradient_shares(self, terms: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """``||grad(w_k L_k)|| / ||grad(sum_k w_k L_k)||`` over the network's parameters, per weighted term.
+
+        Shows a term that dominates the gradient or vanishes from it. Costs one extra backward pass per term (the
+        graph is retained), which is why it runs only for the first :attr:`gradient_share_steps` steps.
+        """
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        weighted = {k: self.term_weight(k) * v for k, v in terms.items() if self.term_weight(k) != 0 and
+                    v.requires_grad}
+
+        def norm(value: torch.Tensor) -> torch.Tensor:
+            grads = torch.autograd.grad(value.float(), params, retain_graph=True, allow_unused=True)
+            return torch.sqrt(sum(g.float().square().sum() for g in grads if g is not None))
+
+        total = norm(sum(weighted.values())).clamp_min(1e-12)
+        return {k: float(norm(v) / total) for k, v in weighted.items()}
 
     # ----------------------------------------------------------------- training loop
     def on_train_epoch_start(self):
@@ -150,12 +212,11 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
             target = target.to(self.device, non_blocking=True)
 
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
-            if isinstance(self.bare_network, MissingModalityNetwork):
-                output, aux = self.network(data, availability, return_aux=True)
-            else:
-                output, aux = self.network(data), {}
-            loss, terms = self.compute_loss(output, aux, target, availability)
+        loss, terms = self.forward_loss(data, target, availability)
+        if not self._gradient_shares_logged and not self.is_ddp and \
+                len(next(iter(self._gradient_shares.values()), ())) < self.gradient_share_steps:
+            for name, share in self.gradient_shares(terms).items():
+                self._gradient_shares[name].append(share)
 
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -174,8 +235,15 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
         if len(self._epoch_terms) > 1:
-            self.print_to_log_file('train loss terms (unweighted): ' + ', '.join(
-                f'{k} {np.mean(v):.4f}' for k, v in self._epoch_terms.items()))
+            self.print_to_log_file('train loss terms (unweighted value [unit] x weight): ' + ', '.join(
+                f'{k} {np.mean(v):.4f}{" " + self.loss_term_units[k] if k in self.loss_term_units else ""}'
+                f' x{self.term_weight(k):g}' for k, v in self._epoch_terms.items()))
+        if self._gradient_shares and not self._gradient_shares_logged:
+            self._gradient_shares_logged = True
+            steps = len(next(iter(self._gradient_shares.values())))
+            self.print_to_log_file(f'share of the gradient norm per weighted term (first {steps} steps of this '
+                                   f'run): ' + ', '.join(f'{k} {np.mean(v):.3f}'
+                                                         for k, v in self._gradient_shares.items()))
         self.print_to_log_file('modality subsets drawn: ' + ', '.join(
             f'{name} {count}' for name, count in sorted(self._epoch_subsets.items())))
 
