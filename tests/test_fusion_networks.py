@@ -4,6 +4,7 @@ import itertools
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -46,8 +47,8 @@ def smsn_fusion(order_mode='random', m=4, **kw):
 
 
 def test_random_order_first_available_and_every_permutation_reachable():
-    torch.manual_seed(0)
     fusion = smsn_fusion().train()
+    fusion.rng = np.random.default_rng(0)
     for mask in ([True] * 4, [False, True, False, True], [False, False, True, False]):
         availability = torch.tensor([mask] * 3000)
         order = fusion.draw_order(availability)
@@ -61,8 +62,8 @@ def test_random_order_first_available_and_every_permutation_reachable():
 
 
 def test_random_only_reaches_missing_first():
-    torch.manual_seed(0)
     fusion = smsn_fusion('random_only').train()
+    fusion.rng = np.random.default_rng(0)
     availability = torch.tensor([[False, True, False, False]] * 2000)
     seen = {tuple(o) for o in fusion.draw_order(availability).tolist()}
     assert seen == set(itertools.permutations(range(4)))
@@ -80,7 +81,11 @@ def test_fixed_none_and_eval_orders():
     assert random.draw_order(availability).tolist() == [[0, 2, 3, 1], [1, 0, 2, 3]]
     random.set_order([3, 2, 1, 0])
     assert random.draw_order(availability).tolist() == [[3, 2, 0, 1], [1, 3, 2, 0]]
-    assert smsn_fusion('random_only').eval().draw_order(availability).tolist() == [[0, 1, 2, 3]] * 2
+    # Table 8 compares training-time orderings: "Random only" infers with the paper's present-first order
+    random_only = smsn_fusion('random_only').eval()
+    assert random_only.draw_order(availability).tolist() == [[0, 2, 3, 1], [1, 0, 2, 3]]
+    random_only.set_order([3, 2, 1, 0])
+    assert random_only.draw_order(availability).tolist() == [[3, 2, 0, 1], [1, 3, 2, 0]]
     with pytest.raises(ValueError, match='permutation'):
         fixed.set_order([0, 0, 1, 2])
     with pytest.raises(ValueError, match='order_mode'):
@@ -89,6 +94,20 @@ def test_fixed_none_and_eval_orders():
         smsn_fusion(m=1)
     with pytest.raises(ValueError, match='use_specific'):
         smsn_fusion(use_specific=False)
+
+
+def test_order_draws_come_from_the_numpy_generator():
+    """Same generator state -> same orders (torch's global seed plays no part); other state -> other orders."""
+    availability = torch.tensor([[True, False, True, True], [False, True, True, False]] * 8)
+    for mode in ('random', 'random_only'):
+        fusion = smsn_fusion(mode).train()
+        assert isinstance(fusion.rng, np.random.Generator)
+        draws = []
+        for seed, torch_seed in ((0, 1), (0, 2), (1, 1)):
+            fusion.rng = np.random.default_rng(seed)
+            torch.manual_seed(torch_seed)
+            draws.append(fusion.draw_order(availability).tolist())
+        assert draws[0] == draws[1] and draws[0] != draws[2]
 
 
 def test_fixed_order_is_saved_with_the_state_dict():
@@ -104,6 +123,8 @@ def test_smsn_fusion_uses_the_drawn_order():
     the fused features."""
     torch.manual_seed(0)
     fusion = smsn_fusion('fixed', use_reconstruction=False).eval()
+    for head in (fusion.stage1, fusion.stage2):        # the heads start at the prior (mu = 0): give them weights
+        torch.nn.init.normal_(head[-1].weight, std=0.3)
     features = torch.randn(1, 4, 8, 2, 2, 2)
     availability = torch.ones(1, 4, dtype=torch.bool)
     fusion.set_order([0, 1, 2, 3])
@@ -236,6 +257,76 @@ def test_smsn_ablation_switches():
     assert not hasattr(no_specific.fusion, 'specific')
     assert set(no_orth(x, availability, return_aux=True)[1]) == {'kl', 'recon'}
     assert hasattr(no_orth.fusion, 'specific')
+
+
+def test_smsn_starts_at_the_prior_with_sane_losses():
+    """Gaussian heads end in zero layers (also after the network's He init): mu = 0, logvar = 0, KL = 0 exactly;
+    the reconstruction of unit-variance images starts at O(1) nats per voxel (it was ~1e7 with He-initialised
+    heads, and the KL ~1e10 nats per sample)."""
+    net = build('smsn').train()
+    for head in (net.fusion.stage1, net.fusion.stage2):
+        assert torch.all(head[-1].weight == 0) and torch.all(head[-1].bias == 0)
+    availability = torch.tensor([[True] * 4, [True, False, True, False]])
+    x = torch.randn(2, 4, *PATCH) * availability[:, :, None, None, None]
+    _, aux = net(x, availability, return_aux=True)
+    assert aux['kl'].item() == 0.0
+    assert 0.1 < aux['recon'].item() < 10.0
+
+
+def _recon_fusion(m=4):
+    torch.manual_seed(0)
+    block = dict(conv_op=torch.nn.Conv3d, conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
+                 norm_op_kwargs={'eps': 1e-5, 'affine': True}, nonlin=torch.nn.LeakyReLU,
+                 nonlin_kwargs={'inplace': True})
+    return SMSNFusion(m, 8, block, [3, 3, 3], order_mode='fixed', use_specific=False, use_orthogonality=False,
+                      strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]]).train()
+
+
+def test_smsn_reconstruction_rebuilds_the_present_input_modalities():
+    """psi_0(z_1) -> the first two modalities of the order, psi_1(z_2) -> the others, at the patch resolution;
+    the image of a missing modality plays no part."""
+    fusion = _recon_fusion()
+    fusion.set_order([2, 0, 3, 1])
+    features = torch.randn(2, 4, 8, 2, 2, 2)
+    image = torch.randn(2, 4, 8, 8, 8)
+    availability = torch.tensor([[True, True, True, False], [True, False, True, True]])
+
+    def recon(img):
+        torch.manual_seed(1)                            # same reparameterisation noise
+        return fusion(features, availability, img)[1]['recon']
+
+    base = recon(image)
+    other = image.clone()
+    other[0, 3] = torch.randn(8, 8, 8) * 100             # missing in sample 0
+    other[1, 1] = torch.randn(8, 8, 8) * 100             # missing in sample 1
+    assert recon(other).item() == base.item()
+    for channel in (2, 0, 1):                            # present in sample 0 (stage I: 2, 0; stage II: 1)
+        changed = image.clone()
+        changed[0, channel] += 1.0
+        assert recon(changed).item() != base.item()
+    # by hand: beta * NLL of psi_0 vs channels (2, 0) + gamma * NLL of psi_1 vs channels (3, 1), masked
+    torch.manual_seed(1)
+    z1, _, _ = fusion._sample(fusion.stage1, features[:, [2, 0]].flatten(1, 2))
+    z2, _, _ = fusion._sample(fusion.stage2, torch.cat([z1, features[:, [3, 1]].flatten(1, 2)], 1))
+    p1, p2 = fusion.reconstruct1(z1), fusion.reconstruct2(z2)
+    assert p1.shape == (2, 2, 8, 8, 8) and p2.shape == (2, 2, 8, 8, 8)
+    present = availability[:, [2, 0, 3, 1]].float()
+    nll1 = (0.5 * (p1 - image[:, [2, 0]]).square()).mean((2, 3, 4)) * present[:, :2]
+    nll2 = (0.5 * (p2 - image[:, [3, 1]]).square()).mean((2, 3, 4)) * present[:, 2:]
+    expected = 0.7 * nll1.sum(1).mean() + 0.3 * nll2.sum(1).mean()
+    assert base.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_smsn_reconstruction_needs_the_image_and_matching_strides():
+    fusion = _recon_fusion()
+    features = torch.randn(1, 4, 8, 2, 2, 2)
+    availability = torch.ones(1, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match='image'):
+        fusion(features, availability)
+    with pytest.raises(ValueError, match='strides'):
+        fusion(features, availability, torch.randn(1, 4, 16, 16, 16))
+    fusion.eval()
+    assert fusion(features, availability)[1] == {}       # eval mode: no losses, no image needed
 
 
 @pytest.mark.parametrize('m', [2, 3, 5])

@@ -50,7 +50,13 @@ def test_smsn_defaults_follow_the_paper():
     assert fusion.order_mode == 'random'
     assert (fusion.beta, fusion.gamma) == (0.7, 0.3)                              # Table 5
     assert fusion.stage1[0].out_channels == 16 and fusion.stage2[0].out_channels == 32   # (C, 2C), Table 9
-    assert ft.nnUNetTrainerSMSN.aux_loss_weights == {'kl': 1.0, 'recon': 1.0, 'orth': 1.0}
+    assert ft.nnUNetTrainerSMSN.aux_loss_weights == {'kl': 1e-3, 'recon': 1.0, 'orth': 1.0}   # KL: VIB beta
+    assert ft.nnUNetTrainerSMSN.loss_term_units['kl'] == 'nats/sample'
+    assert ft.nnUNetTrainerSMSN.loss_term_units['recon'] == 'nats/voxel'
+    # the reconstruction decoders reach the patch resolution (two x2 stages) from the (C, 2C) bottlenecks
+    assert fusion.reconstruct1.scale == [4, 4, 4] and fusion.reconstruct2.scale == [4, 4, 4]
+    assert fusion.reconstruct1.layers[0].in_channels == 16 and fusion.reconstruct2.layers[0].in_channels == 32
+    assert fusion.reconstruct1.layers[-1].out_channels == 2 and fusion.reconstruct2.layers[-1].out_channels == 2
 
 
 def test_ablation_trainers_change_only_their_switch():
@@ -105,7 +111,7 @@ def test_fusion_trainer_trains_and_predicts(trainer, terms, nnunet_dataset, trai
     log = next((folder / 'fold_0').glob('training_log_*.txt')).read_text()
     assert 'modality subsets drawn:' in log
     for term in terms:
-        assert f' {term} ' in log.split('train loss terms (unweighted):')[1].splitlines()[0]
+        assert f' {term} ' in log.split('train loss terms (unweighted value [unit] x weight):')[1].splitlines()[0]
     checkpoint = torch.load(folder / 'fold_0' / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
     assert checkpoint['trainer_name'] == trainer
     assert any(k.startswith('encoders.3.') for k in checkpoint['network_weights'])

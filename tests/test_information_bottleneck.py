@@ -48,14 +48,31 @@ def test_masked_reconstruction_value_and_zero_gradient_for_missing():
     prediction = torch.zeros(2, 2, 3, 4, requires_grad=True)
     target = torch.ones(2, 2, 3, 4, requires_grad=True)
     with torch.no_grad():
-        target[0, 0] = 3.0                      # error 9 on a present map
+        target[0, 0] = 3.0                      # squared error 9 on a present map
         target[1, 1] = float('nan')             # a missing map may hold anything
     mask = torch.tensor([[True, False], [True, False]])
     loss = masked_reconstruction_loss(prediction, target, mask)
-    assert loss.item() == pytest.approx((9.0 + 1.0) / 2)
+    # per sample: sum over present maps of 0.5 * mean squared error; mean over the two samples
+    assert loss.item() == pytest.approx((0.5 * 9.0 + 0.5 * 1.0) / 2)
     loss.backward()
     assert torch.all(prediction.grad[:, 1] == 0) and torch.all(target.grad[:, 1] == 0)
     assert torch.all(prediction.grad[:, 0] != 0) and torch.all(target.grad[:, 0] != 0)
+
+
+def test_masked_reconstruction_is_zero_at_equality_and_sums_over_present_modalities():
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(3, 2, 4, 4, 4, generator=g)
+    all_present = torch.ones(3, 2, dtype=torch.bool)
+    assert masked_reconstruction_loss(image.clone(), image, all_present).item() == 0.0
+    prediction = image + 0.5                    # error 0.25 everywhere -> NLL 0.125 nats per voxel and map
+    mask = torch.tensor([[True, True], [True, False], [False, False]])
+    expected = (2 * 0.125 + 0.125 + 0.0) / 3   # Eq. 6 sums over the present modalities of each sample
+    assert masked_reconstruction_loss(prediction, image, mask).item() == pytest.approx(expected, rel=1e-6)
+    # the missing entries contribute exactly zero whatever their values
+    garbage = prediction.clone()
+    garbage[1, 1] = 1e6
+    garbage[2] = float('inf')
+    assert masked_reconstruction_loss(garbage, image, mask).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_masked_reconstruction_all_missing_is_zero_with_graph():
@@ -70,27 +87,49 @@ def test_masked_reconstruction_shape_check():
         masked_reconstruction_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.ones(1, 3, dtype=torch.bool))
 
 
-def test_orthogonality_zero_for_orthogonal_positive_otherwise():
-    a = torch.zeros(2, 4, 3, 3)
-    b = torch.zeros(2, 4, 3, 3)
-    a[:, 0] = torch.randn(2, 3, 3).abs() + 0.1
-    b[:, 1] = torch.randn(2, 3, 3).abs() + 0.1
-    assert orthogonality_loss(a, b).item() == pytest.approx(0.0, abs=1e-12)
-    assert orthogonality_loss(a, 3 * a).item() == pytest.approx(1.0, abs=1e-6)
-    c = a + b                                   # 45 degrees where |a| == |b|
-    assert 0.0 < orthogonality_loss(a, c).item() < 1.0
-    x = torch.tensor([[1.0, 1.0]])
-    y = torch.tensor([[1.0, 0.0]])
-    assert orthogonality_loss(x, y).item() == pytest.approx(0.5)
+def test_orthogonality_zero_for_orthogonal_features():
+    g = torch.Generator().manual_seed(0)
+    specific = torch.zeros(2, 3, 4, 3, 3)       # (B, M, C, X, Y)
+    common = torch.zeros(2, 4, 3, 3)
+    specific[:, :, :2] = torch.randn(2, 3, 2, 3, 3, generator=g)    # channels 0, 1
+    common[:, 2:] = torch.randn(2, 2, 3, 3, generator=g)            # channels 2, 3
+    for normalize in (False, True):
+        assert orthogonality_loss(specific, common, normalize=normalize).item() == 0.0
+
+
+def test_orthogonality_hand_computed_dot_and_cosine():
+    """One voxel, z = (1, 2); x_s1 = (3, 0), x_s2 = (1, 1): dot products 3 and 3, cosines 1/sqrt(5), 3/sqrt(10)."""
+    common = torch.tensor([[1.0, 2.0]])                     # (B=1, C=2), no spatial axes
+    specific = torch.tensor([[[3.0, 0.0], [1.0, 1.0]]])     # (B=1, M=2, C=2)
+    assert orthogonality_loss(specific, common).item() == pytest.approx(9.0 + 9.0)
+    assert orthogonality_loss(specific, common, normalize=True).item() == pytest.approx(0.2 + 0.9)
+    only_first = torch.tensor([[True, False]])
+    assert orthogonality_loss(specific, common, only_first).item() == pytest.approx(9.0)
+    assert orthogonality_loss(specific, common, only_first, normalize=True).item() == pytest.approx(0.2)
+    # the squared dot product grows with the feature scale, the cosine does not
+    assert orthogonality_loss(2 * specific, common).item() == pytest.approx(4 * 18.0)
+    assert orthogonality_loss(2 * specific, common, normalize=True).item() == pytest.approx(1.1)
+
+
+def test_orthogonality_averages_voxels_and_samples():
+    common = torch.tensor([1.0, 0.0]).reshape(1, 2, 1).expand(2, 2, 3).clone()     # (B=2, C=2, X=3)
+    specific = torch.zeros(2, 1, 2, 3)
+    specific[0, 0, 0] = torch.tensor([1.0, 2.0, 0.0])      # dot products 1, 2, 0 -> squares 1, 4, 0
+    specific[1, 0, 0] = torch.tensor([3.0, 0.0, 0.0])      # 9, 0, 0
+    assert orthogonality_loss(specific, common).item() == pytest.approx(((1 + 4) / 3 + 9 / 3) / 2)
 
 
 def test_orthogonality_mask_excludes_entries_and_their_gradient():
     specific = torch.randn(2, 3, 4, 2, 2, requires_grad=True)
-    common = torch.randn(2, 1, 4, 2, 2)
-    mask = torch.tensor([[True, False, True], [False, False, True]]).reshape(2, 3, 1, 1)
-    loss = orthogonality_loss(specific, common, mask, dim=2)
-    cos = torch.nn.functional.cosine_similarity(specific, common.expand_as(specific), dim=2)
-    assert loss.item() == pytest.approx(cos.square()[mask.expand_as(cos)].mean().item(), rel=1e-5)
-    loss.backward()
-    assert torch.all(specific.grad[0, 1] == 0) and torch.all(specific.grad[1, :2] == 0)
-    assert specific.grad[0, 0].abs().sum() > 0
+    common = torch.randn(2, 4, 2, 2)
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    for normalize in (False, True):
+        specific.grad = None
+        loss = orthogonality_loss(specific, common, mask, normalize=normalize)
+        sim = (specific * common[:, None]).sum(2) if not normalize else \
+            torch.nn.functional.cosine_similarity(specific, common[:, None].expand_as(specific), dim=2)
+        expected = (sim.square() * mask[:, :, None, None]).sum(1).mean()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        loss.backward()
+        assert torch.all(specific.grad[0, 1] == 0) and torch.all(specific.grad[1, :2] == 0)
+        assert specific.grad[0, 0].abs().sum() > 0

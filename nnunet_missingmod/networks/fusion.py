@@ -1,10 +1,17 @@
 """Bottleneck fusion modules of the multi-encoder networks (:mod:`nnunet_missingmod.networks.multi_encoder`).
 
-Every fusion module is called as ``fused, aux = fusion(features, availability)`` with
+Every fusion module is built as ``fusion(num_modalities, channels, block_kwargs, kernel_size, strides=...)``
+(``strides``: the plans' per-stage strides, from the input patch down to the bottleneck) and called as
+``fused, aux = fusion(features, availability, image)`` with
 
 * ``features``: ``(B, M, C, *spatial)`` bottleneck features of the ``M`` modality encoders, in channel order;
   entries of missing modalities are zero (their encoders are not run) and are excluded by every fusion;
 * ``availability``: ``(B, M)`` bool, True = present, at least one modality per sample;
+* ``image``: ``(B, M, *patch)`` the network input (missing modalities zero-filled), or ``None``. Only
+  :class:`SMSNFusion` reads it (its reconstruction loss, Eq. 6, rebuilds the input modalities);
+  :class:`ConcatFusion` and :class:`AttentionFusion` ignore it (and ``strides``). *Protocol change*: fusions used
+  to be called as ``fusion(features, availability)``; that call still works for fusions that do not need the
+  image (SMSN without reconstruction, or any fusion in eval mode);
 * ``fused``: ``(B, C, *spatial)`` for the shared decoder; ``aux``: unweighted auxiliary losses in training mode,
   ``{}`` in eval mode.
 
@@ -14,13 +21,17 @@ Every parameter takes part in every forward pass whatever the mask (missing entr
 * :class:`ConcatFusion` -- parallel fusion by masked concatenation + convolution (mmFormer-style baseline).
 * :class:`AttentionFusion` -- parallel fusion by a transformer over all modality tokens, missing modalities
   removed from attention by ``key_padding_mask`` (mmFormer's inter-modal transformer).
-* :class:`SMSNFusion` -- the sequential information-bottleneck fusion of SMSN (Liu et al.), see its docstring.
+* :class:`SMSNFusion` -- the sequential information-bottleneck fusion of SMSN (T. Liu, X. Yang, W. Wang,
+  A. Nguyen, H. Jiang, K. Huang, "Sequential Information Bottleneck Fusion: Towards Robust and Generalizable
+  Multi-Modal Brain Tumor Segmentation"; "the paper" below), see its docstring.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple, Type
+from typing import Dict, List, Sequence, Tuple, Type
 
+import numpy as np
 import torch
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, get_matching_convtransp
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
 from torch import nn
 
@@ -86,13 +97,15 @@ class ConcatFusion(nn.Module):
     (as inverted dropout does) so that the convolution sees inputs of the same magnitude for every subset.
     """
 
-    def __init__(self, num_modalities: int, channels: int, block_kwargs: dict, kernel_size: Sequence[int]):
+    def __init__(self, num_modalities: int, channels: int, block_kwargs: dict, kernel_size: Sequence[int],
+                 strides: Sequence | None = None):
         super().__init__()
         self.num_modalities = num_modalities
         self.block = ConvDropoutNormReLU(input_channels=num_modalities * channels, output_channels=channels,
                                          kernel_size=kernel_size, stride=1, **block_kwargs)
 
-    def forward(self, features: torch.Tensor, availability: torch.Tensor) -> Tuple[torch.Tensor, Aux]:
+    def forward(self, features: torch.Tensor, availability: torch.Tensor, image: torch.Tensor | None = None
+                ) -> Tuple[torch.Tensor, Aux]:
         b, m = availability.shape
         scale = availability.to(features.dtype) * (m / availability.sum(1, keepdim=True).to(features.dtype))
         stacked = features * _spatial_view(scale, features.ndim)
@@ -107,12 +120,13 @@ class AttentionFusion(nn.Module):
     """
 
     def __init__(self, num_modalities: int, channels: int, block_kwargs: dict, kernel_size: Sequence[int],
-                 num_heads: int = 8, depth: int = 1, mlp_ratio: float = 2.0):
+                 num_heads: int = 8, depth: int = 1, mlp_ratio: float = 2.0, strides: Sequence | None = None):
         super().__init__()
         self.transformer = ModalityTransformer(num_modalities, channels, block_kwargs['conv_op'], num_heads, depth,
                                                mlp_ratio)
 
-    def forward(self, features: torch.Tensor, availability: torch.Tensor) -> Tuple[torch.Tensor, Aux]:
+    def forward(self, features: torch.Tensor, availability: torch.Tensor, image: torch.Tensor | None = None
+                ) -> Tuple[torch.Tensor, Aux]:
         return masked_mean(self.transformer(features, ~availability), availability), {}
 
 
@@ -120,8 +134,52 @@ class AttentionFusion(nn.Module):
 ORDER_MODES = ('random', 'random_only', 'fixed', 'none')
 
 
+def _as_stride_lists(strides: Sequence | None, ndim: int) -> List[List[int]]:
+    """The plans' strides (ints or per-axis lists) as per-axis lists; ``None`` -> no down-sampling."""
+    if strides is None:
+        return []
+    return [list(s) if isinstance(s, (list, tuple)) else [int(s)] * ndim for s in strides]
+
+
+class ReconstructionDecoder(nn.Module):
+    """A narrow decoder ``psi`` from a bottleneck latent back to input modalities (SMSN Eq. 6).
+
+    ``(B, in_channels, *bottleneck)`` -> ``(B, out_channels, *patch)``: per down-sampling stage of the encoder
+    (the plans' ``strides`` in reverse) a transposed convolution with kernel = stride followed by one
+    conv-norm-nonlin block (dynamic_network_architectures ``ConvDropoutNormReLU``, kernel 3, no dropout), then a
+    1x1 convolution to one output channel per reconstructed modality. The width is ``base_channels`` at the
+    patch resolution and doubles per coarser stage up to ``max_channels``: the decoder is cheap next to the
+    segmentation network (its full-resolution convolutions have ``base_channels`` channels).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, strides: Sequence | None, block_kwargs: dict,
+                 base_channels: int = 8, max_channels: int = 64):
+        super().__init__()
+        conv_op = block_kwargs['conv_op']
+        ndim = convert_conv_op_to_dim(conv_op)
+        transposed = get_matching_convtransp(conv_op)
+        ups = [s for s in _as_stride_lists(strides, ndim) if any(i > 1 for i in s)][::-1]   # bottleneck first
+        layers: List[nn.Module] = []
+        channels = in_channels
+        for j, stride in enumerate(ups):
+            width = min(base_channels * 2 ** (len(ups) - 1 - j), max_channels)
+            layers.append(transposed(channels, width, stride, stride, bias=True))
+            layers.append(ConvDropoutNormReLU(
+                conv_op, width, width, 3, 1, bool(block_kwargs.get('conv_bias', True)),
+                block_kwargs.get('norm_op'), block_kwargs.get('norm_op_kwargs'), None, None,
+                block_kwargs.get('nonlin'), block_kwargs.get('nonlin_kwargs'), block_kwargs.get('nonlin_first', False)))
+            channels = width
+        layers.append(conv_op(channels, out_channels, 1))
+        self.layers = nn.Sequential(*layers)
+        self.scale = [int(np.prod([s[d] for s in ups])) for d in range(ndim)] if ups else [1] * ndim
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.layers(latent)
+
+
 class SMSNFusion(nn.Module):
-    """SMSN's information-bottleneck fusion module (IBFM) + modality-specific feature extraction (Sec. 4).
+    """SMSN's information-bottleneck fusion module (IBFM) + modality-specific feature extraction (the paper's
+    Sec. 4; "Table n" below are the paper's tables).
 
     Per sample:
 
@@ -129,39 +187,53 @@ class SMSNFusion(nn.Module):
        remaining ``M - 1`` (present or not) in uniformly random order; ``'random_only'`` -- a uniform random
        permutation (Table 8, "Random only"); ``'fixed'`` -- the order stored in the buffer :attr:`order` (Table 8
        "Fixed 1/2"; the trainer writes it from modality names, it is saved with the checkpoint); ``'none'`` --
-       channel order (Table 4, no re-ordering). In eval mode the order is deterministic: ``'random'`` takes the
-       present modalities first, each group in :attr:`order` (default channel order); ``'random_only'`` takes
-       :attr:`order` as it is; the fixed modes are the same as in training.
+       channel order (Table 4, no re-ordering). The random draws come from the NumPy generator :attr:`rng` (the
+       trainer replaces it by its own seeded generator, so a seeded run repeats). **Eval mode** is
+       deterministic: ``'random'`` and ``'random_only'`` both take the present modalities first, each group in
+       :attr:`order` (default channel order) -- Table 8 compares *training-time* orderings, so "Random only"
+       differs from the paper's strategy only in training; ``'fixed'`` keeps its fixed order and ``'none'``
+       the channel order (those ablations have no ordering strategy at all, in training or inference).
     2. **Two-stage IB fusion** (Eq. 4-5): stage I maps ``[x_1, x_2]`` (channel concatenation of the first two
        modality features in the drawn order) to a diagonal Gaussian ``(mu_1, logvar_1)`` with ``K_1`` channels;
        stage II maps ``[z_1, x_3, ..., x_M]`` to ``(mu_2, logvar_2)`` with ``K_2`` channels. Generalisation to
        ``M`` modalities: the first two always form stage I and stage II takes *all* the remaining ``M - 2``
        (for ``M = 4`` exactly the paper's ``[z_1, x_3, x_4]``; for ``M = 2`` stage II refines ``z_1`` alone).
        Missing modalities enter as zero features, as in the paper ("a missing modality (represented as a zero
-       tensor)"). The Gaussian heads are per-voxel MLPs (1x1 convolutions); ``z`` is reparameterised in
-       training and the mean is used in eval mode. ``L_e`` (aux ``'kl'``) is the sum over the two stages of the
-       KL to ``N(0, I)``, each averaged per latent element (float32).
-    3. **Reconstruction** (Eq. 6, aux ``'recon'``): 1x1-conv decoders ``psi_0(z_1) -> (x_1, x_2)`` and
-       ``psi_1(z_2) -> (x_3, ..., x_M)`` (the equation's ``z_0/z_1`` subscripts are read as the two stage outputs
-       ``z_1/z_2``, as its text says); squared error (the log-likelihood of a unit-variance Gaussian decoder)
-       counted only where ``M_i = 1``, weighted ``beta`` (stage I, default 0.7) and ``gamma`` (stage II,
-       default 0.3) -- the best pair of Table 5 and the setting of Tables 2 and 4. The reconstruction targets are
-       detached so that the encoders cannot shrink their features to make reconstruction trivial.
+       tensor)"). The Gaussian heads are per-voxel MLPs (1x1 convolutions) whose last layer starts at zero, so
+       that ``mu = 0, logvar = 0`` (the prior) at initialisation (with He init the log-variances of stage I were
+       ``O(1)``, ``z_1`` samples reached tens, and stage II's log-variances ~20: ``KL ~ 1e10`` nats). ``z`` is
+       reparameterised in training and the mean is used in eval mode. ``L_e`` (aux ``'kl'``, Eq. 5) is the sum
+       over the two stages of the KL to ``N(0, I)`` in **nats per sample** (summed over all latent dimensions
+       -- channels x voxels -- averaged over the batch, float32), the variational-IB reduction.
+    3. **Reconstruction** (Eq. 6, aux ``'recon'``): two small decoders (:class:`ReconstructionDecoder`) rebuild the
+       *input modalities* at the patch resolution: ``psi_0(z_1)`` the first two modalities of the drawn order,
+       ``psi_1(z_2)`` the remaining ``M - 2`` (the equation's ``z_0/z_1`` subscripts are read as the two stage
+       outputs ``z_1/z_2``, as its text says). Loss: the unit-variance Gaussian NLL per voxel
+       (``0.5 * squared error``, nats/voxel), summed over the *present* modalities only (``M_i = 1``; a missing
+       modality contributes exactly zero), weighted ``beta`` (stage I, default 0.7) and ``gamma`` (stage II,
+       default 0.3) -- the best pair of Table 5 and the setting of Tables 2 and 4. Needs the network input
+       (``image``) in training.
     4. **Specific feature extraction** (Sec. 4): ``z_2`` is projected to ``C`` channels (``z~_2``) so that it can
        be added to the modality features; a transformer runs over the voxels of the ``M`` modality feature maps
        and ``z~_2`` (missing modalities masked out of attention) and its output is split back into ``x_{s_i}``.
-       ``L_o`` (aux ``'orth'``) is the squared cosine similarity between ``z~_2`` and each present ``x_{s_i}`` per
-       voxel. ``x'_i = x_{s_i} + z~_2``; the decoder gets the mean of ``x'_i`` over the present modalities.
-       Without the specific module (Table 4 ablation) ``x'_i = x_i + z~_2`` and there is no ``L_o``.
+       ``L_o`` (aux ``'orth'``) is the paper's ``sum_i (z~_2 . x_{s_i})^2``: the raw dot product over channels per
+       voxel, squared, summed over the present modalities, averaged over voxels and samples
+       (``orthogonality_normalize=True`` uses the squared cosine instead, see
+       :func:`~nnunet_missingmod.losses.information_bottleneck.orthogonality_loss`).
+       ``x'_i = x_{s_i} + z~_2``; the decoder gets the mean of ``x'_i`` over the present modalities. Without the
+       specific module (Table 4 ablation) ``x'_i = x_i + z~_2`` and there is no ``L_o``.
 
     ``bottleneck_sizes`` are ``(K_1, K_2)``; the paper's best (Table 9) is 128 and 256 for 128-channel modality
-    features, i.e. ``(C, 2C)``, the default.
+    features, i.e. ``(C, 2C)``, the default. ``strides`` are the encoder's strides (needed by the reconstruction
+    decoders to reach the patch resolution; ``None`` = the image has the bottleneck's resolution).
     """
 
     def __init__(self, num_modalities: int, channels: int, block_kwargs: dict, kernel_size: Sequence[int],
                  bottleneck_sizes: Tuple[int, int] | None = None, order_mode: str = 'random',
                  use_reconstruction: bool = True, use_specific: bool = True, use_orthogonality: bool = True,
-                 beta: float = 0.7, gamma: float = 0.3, num_heads: int = 8, depth: int = 1, mlp_ratio: float = 2.0):
+                 beta: float = 0.7, gamma: float = 0.3, num_heads: int = 8, depth: int = 1, mlp_ratio: float = 2.0,
+                 strides: Sequence | None = None, reconstruction_channels: int = 8,
+                 orthogonality_normalize: bool = False):
         super().__init__()
         if num_modalities < 2:
             raise ValueError(f"SMSN fuses modalities sequentially and needs at least 2, got {num_modalities}")
@@ -175,20 +247,39 @@ class SMSNFusion(nn.Module):
         self.order_mode = order_mode
         self.use_reconstruction, self.use_specific, self.use_orthogonality = \
             use_reconstruction, use_specific, use_orthogonality
+        self.orthogonality_normalize = orthogonality_normalize
         self.beta, self.gamma = beta, gamma
+        #: generator of the fusion order (the trainer hands its seeded generator to every module with an ``rng``)
+        self.rng = np.random.default_rng()
         self.register_buffer('order', torch.arange(num_modalities))
         self.stage1 = self._gaussian_head(conv_op, 2 * channels, k1)
         self.stage2 = self._gaussian_head(conv_op, k1 + (num_modalities - 2) * channels, k2)
         self.common = conv_op(k2, channels, 1)
         if use_reconstruction:
-            self.reconstruct1 = conv_op(k1, 2 * channels, 1)
-            self.reconstruct2 = conv_op(k2, (num_modalities - 2) * channels, 1) if num_modalities > 2 else None
+            self.reconstruct1 = ReconstructionDecoder(k1, 2, strides, block_kwargs, reconstruction_channels)
+            self.reconstruct2 = ReconstructionDecoder(k2, num_modalities - 2, strides, block_kwargs,
+                                                      reconstruction_channels) if num_modalities > 2 else None
         if use_specific:
             self.specific = ModalityTransformer(num_modalities + 1, channels, conv_op, num_heads, depth, mlp_ratio)
+        self.reset_gaussian_heads()
 
     @staticmethod
     def _gaussian_head(conv_op, in_channels: int, latent: int) -> nn.Sequential:
         return nn.Sequential(conv_op(in_channels, latent, 1), nn.LeakyReLU(1e-2), conv_op(latent, 2 * latent, 1))
+
+    def reset_gaussian_heads(self) -> None:
+        """Zero the last layer of both Gaussian heads: ``mu = 0, logvar = 0`` (the prior, KL = 0) at the start.
+
+        :class:`~nnunet_missingmod.networks.multi_encoder.MultiEncoderFusionUNet` calls it again (through
+        :meth:`after_weight_init`) after its He initialisation of all convolutions."""
+        for head in (self.stage1, self.stage2):
+            nn.init.zeros_(head[-1].weight)
+            if head[-1].bias is not None:
+                nn.init.zeros_(head[-1].bias)
+
+    def after_weight_init(self) -> None:
+        """Called by the network after its He initialisation of every convolution."""
+        self.reset_gaussian_heads()
 
     def set_order(self, order: Sequence[int]) -> None:
         """Set the fixed / eval priority order (channel indices, a permutation of ``range(M)``)."""
@@ -199,18 +290,20 @@ class SMSNFusion(nn.Module):
     def draw_order(self, availability: torch.Tensor) -> torch.Tensor:
         """``(B, M)`` per-sample fusion order (channel indices), see step 1 of the class docstring."""
         b, m = availability.shape
-        base = self.order.to(availability.device).expand(b, m)
-        if self.order_mode in ('fixed', 'none'):
-            return base if self.order_mode == 'fixed' else torch.arange(m, device=availability.device).expand(b, m)
-        if not self.training:
-            if self.order_mode == 'random_only':
-                return base
+        device = availability.device
+        base = self.order.to(device).expand(b, m)
+        if self.order_mode == 'fixed':
+            return base
+        if self.order_mode == 'none':
+            return torch.arange(m, device=device).expand(b, m)
+        if not self.training:               # 'random' and 'random_only': present first, each group in ``order``
             missing_in_base = (~availability.gather(1, base)).to(torch.uint8)
             return base.gather(1, torch.sort(missing_in_base, dim=1, stable=True).indices)
-        keys = torch.rand(b, m, device=availability.device)
+        keys = torch.from_numpy(self.rng.random((b, m))).to(device)
         if self.order_mode == 'random':
-            first = torch.where(availability, torch.rand(b, m, device=availability.device), -1.0).argmax(1)
-            keys[torch.arange(b, device=keys.device), first] = -1.0
+            draw = torch.from_numpy(self.rng.random((b, m))).to(device)
+            first = torch.where(availability, draw, -1.0).argmax(1)
+            keys[torch.arange(b, device=device), first] = -1.0
         return keys.argsort(1)
 
     def _sample(self, head: nn.Module, inputs: torch.Tensor):
@@ -220,9 +313,18 @@ class SMSNFusion(nn.Module):
         std = torch.exp(0.5 * logvar.float())             # float32: exp overflows in half precision
         return (mu.float() + torch.randn_like(std) * std).to(mu.dtype), mu, logvar
 
-    def forward(self, features: torch.Tensor, availability: torch.Tensor) -> Tuple[torch.Tensor, Aux]:
+    def _reconstruction_loss(self, decoder: ReconstructionDecoder, latent: torch.Tensor, image: torch.Tensor,
+                             mask: torch.Tensor) -> torch.Tensor:
+        prediction = decoder(latent)
+        if prediction.shape[2:] != image.shape[2:]:
+            raise ValueError(f"the reconstruction decoder gives {tuple(prediction.shape[2:])} voxels from a "
+                             f"{tuple(latent.shape[2:])} bottleneck (strides up-sample x{decoder.scale}), the image "
+                             f"has {tuple(image.shape[2:])}: pass the encoder's strides to SMSNFusion")
+        return masked_reconstruction_loss(prediction, image, mask)
+
+    def forward(self, features: torch.Tensor, availability: torch.Tensor, image: torch.Tensor | None = None
+                ) -> Tuple[torch.Tensor, Aux]:
         b, m, c = features.shape[:3]
-        spatial = features.shape[3:]
         order = self.draw_order(availability)
         rows = torch.arange(b, device=features.device)[:, None]
         ordered, ordered_mask = features[rows, order], availability[rows, order]
@@ -235,12 +337,15 @@ class SMSNFusion(nn.Module):
         if self.training:
             aux['kl'] = gaussian_kl_standard_normal(mu1, logvar1) + gaussian_kl_standard_normal(mu2, logvar2)
             if self.use_reconstruction:
-                target = ordered.detach()
-                recon = self.beta * masked_reconstruction_loss(
-                    self.reconstruct1(z1).reshape(b, 2, c, *spatial), target[:, :2], ordered_mask[:, :2])
+                if image is None:
+                    raise ValueError("SMSN's reconstruction loss (Eq. 6) needs the input image: call "
+                                     "fusion(features, availability, image) in training")
+                target = image[rows, order]
+                recon = self.beta * self._reconstruction_loss(self.reconstruct1, z1, target[:, :2],
+                                                              ordered_mask[:, :2])
                 if self.reconstruct2 is not None:
-                    recon = recon + self.gamma * masked_reconstruction_loss(
-                        self.reconstruct2(z2).reshape(b, m - 2, c, *spatial), target[:, 2:], ordered_mask[:, 2:])
+                    recon = recon + self.gamma * self._reconstruction_loss(self.reconstruct2, z2, target[:, 2:],
+                                                                           ordered_mask[:, 2:])
                 aux['recon'] = recon
 
         if self.use_specific:
@@ -248,8 +353,8 @@ class SMSNFusion(nn.Module):
             pad = torch.cat([~availability, availability.new_zeros(b, 1)], 1)
             specific = self.specific(maps, pad)[:, :m]
             if self.training and self.use_orthogonality:
-                present = _spatial_view(availability, specific.ndim - 1)
-                aux['orth'] = orthogonality_loss(specific, common[:, None], present, dim=2)
+                aux['orth'] = orthogonality_loss(specific, common, availability,
+                                                 normalize=self.orthogonality_normalize)
         else:
             specific = features
         return masked_mean(specific + common[:, None], availability), aux

@@ -14,7 +14,10 @@
   works.
 * **Skips**: mean over the present modalities at every resolution except the bottleneck.
 * **Bottleneck**: a fusion module (:mod:`nnunet_missingmod.networks.fusion`) gets the ``(B, M, C, *spatial)``
-  stack and the mask and returns the fused map plus its auxiliary losses.
+  stack, the mask and the input image ``x`` (SMSN's reconstruction loss rebuilds the input modalities; the
+  other fusions ignore it) and returns the fused map plus its auxiliary losses. It is built with the plans'
+  strides (SMSN's reconstruction decoders up-sample by them) and, if it defines ``after_weight_init()``, that is
+  called after the He initialisation of the whole network (SMSN zeroes the last layer of its Gaussian heads).
 * **Decoder**: one dynamic_network_architectures ``UNetDecoder`` (deep supervision as in ``PlainConvUNet``).
 
 The encoders are kept in an ``nn.ModuleList`` loop rather than grouped convolutions: the sub-batch of present
@@ -47,7 +50,8 @@ class MultiEncoderFusionUNet(MissingModalityNetwork):
 
     ``arch_kwargs`` are the plans' (resolved) PlainConvUNet keyword arguments; residual-encoder plans
     (``n_blocks_per_stage``) are accepted, each block becoming one plain conv block. ``fusion`` is called as
-    ``fusion(num_modalities=M, channels=C_bottleneck, block_kwargs=..., kernel_size=...)``.
+    ``fusion(num_modalities=M, channels=C_bottleneck, block_kwargs=..., kernel_size=..., strides=...)`` and
+    called as ``fusion(bottleneck_stack, availability, x)``.
     """
 
     def __init__(self, num_modalities: int, num_classes: int, arch_kwargs: dict, fusion: FusionFactory,
@@ -70,10 +74,12 @@ class MultiEncoderFusionUNet(MissingModalityNetwork):
             for _ in range(num_modalities)])
         self.fusion = fusion(num_modalities=num_modalities, channels=widths[-1],
                              block_kwargs=dict(block_kwargs, nonlin_first=nonlin_first),
-                             kernel_size=kw['kernel_sizes'][-1])
+                             kernel_size=kw['kernel_sizes'][-1], strides=kw['strides'])
         self.decoder = UNetDecoder(self.encoders[0], num_classes, kw['n_conv_per_stage_decoder'], deep_supervision,
                                    nonlin_first=nonlin_first)
         self.apply(InitWeights_He(1e-2))
+        if hasattr(self.fusion, 'after_weight_init'):
+            self.fusion.after_weight_init()
 
     @classmethod
     def from_plans(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
@@ -113,5 +119,5 @@ class MultiEncoderFusionUNet(MissingModalityNetwork):
             raise ValueError(f"input has {x.shape[1]} channels, the network was built for {self.num_modalities} "
                              f"modalities")
         skips, stack, unused = self.encode(x, availability)
-        fused, aux = self.fusion(stack, availability)
+        fused, aux = self.fusion(stack, availability, x)
         return self.decoder(skips + [fused + unused.to(fused.dtype)]), aux
