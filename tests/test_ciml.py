@@ -211,19 +211,68 @@ def test_index_task_map_checks():
 
 
 # ------------------------------------------------------------------------------------------------ losses
-def test_segmentor_loss_masks_samples_like_a_sub_batch():
-    torch.manual_seed(0)
-    outputs = [torch.randn(3, 3, 6, 6, 6, requires_grad=True), torch.randn(3, 3, 3, 3, 3, requires_grad=True)]
-    targets = [(torch.rand(3, 3, 6, 6, 6) > 0.6).float(), (torch.rand(3, 3, 3, 3, 3) > 0.6).float()]
-    loss = SegmentorRegionLoss(batch_dice=True, ddp=False, deep_supervision_weights=[2 / 3, 1 / 3])
+def _nnunet_region_loss(batch_dice: bool, ignore: bool = False):
+    """nnU-Net's region loss exactly as nnUNetTrainer._build_loss builds it (no DDP)."""
+    from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    return DC_and_BCE_loss({}, {'batch_dice': batch_dice, 'do_bg': True, 'smooth': 1e-5, 'ddp': False},
+                           use_ignore_label=ignore, dice_class=MemoryEfficientSoftDiceLoss)
+
+
+def _loss_batch(seed=0, batch=3, ignore=False):
+    torch.manual_seed(seed)
+    outputs = [torch.randn(batch, 3, 6, 6, 6, requires_grad=True), torch.randn(batch, 3, 3, 3, 3, requires_grad=True)]
+    targets = [(torch.rand(batch, 3 + ignore, 6, 6, 6) > 0.6).float(),
+               (torch.rand(batch, 3 + ignore, 3, 3, 3) > 0.6).float()]
+    return outputs, targets
+
+
+@pytest.mark.parametrize('batch_dice', [True, False])
+@pytest.mark.parametrize('regions', [[1, 2], [0]])
+def test_segmentor_loss_equals_nnunet_loss_on_the_sub_batch(batch_dice, regions):
+    outputs, targets = _loss_batch()
+    weights = [2 / 3, 1 / 3]
+    loss = SegmentorRegionLoss(batch_dice=batch_dice, ddp=False, deep_supervision_weights=weights)
     present = torch.tensor([True, False, True])
-    masked = loss(outputs, targets, [1, 2], present)
-    sub = loss([o[present] for o in outputs], [t[present] for t in targets], [1, 2], torch.ones(2, dtype=torch.bool))
-    assert masked.item() == pytest.approx(sub.item(), rel=1e-5)
-    masked.backward()
-    assert torch.count_nonzero(outputs[0].grad[1]) == 0                   # masked sample
-    assert torch.count_nonzero(outputs[0].grad[:, 0]) == 0                # region outside the task
-    assert torch.count_nonzero(outputs[0].grad[0, 1:]) > 0
+    masked = loss(outputs, targets, regions, present)
+    reference = _nnunet_region_loss(batch_dice)       # independent: nnU-Net's loss called on the true sub-batch
+    expected = sum(w * reference(o[present][:, regions], t[present][:, regions])
+                   for w, o, t in zip(weights, outputs, targets))
+    assert masked.item() == pytest.approx(expected.item(), rel=1e-5)
+    grads = torch.autograd.grad(masked, outputs)
+    expected_grads = torch.autograd.grad(expected, outputs)
+    for g, e in zip(grads, expected_grads):
+        assert torch.allclose(g, e, atol=1e-7)
+    assert torch.count_nonzero(grads[0][1]) == 0                          # masked sample
+    others = [r for r in range(3) if r not in regions]
+    assert torch.count_nonzero(grads[0][:, others]) == 0                  # regions outside the task
+    assert torch.count_nonzero(grads[0][0, regions]) > 0
+    # every sample present: nnU-Net's loss of the whole batch
+    full = loss(outputs, targets, regions, torch.ones(3, dtype=torch.bool))
+    assert full.item() == pytest.approx(sum(w * reference(o[:, regions], t[:, regions]) for w, o, t in
+                                            zip(weights, outputs, targets)).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize('batch_dice', [True, False])
+def test_segmentor_loss_with_ignore_label_equals_nnunet_loss_on_the_sub_batch(batch_dice):
+    outputs, targets = _loss_batch(seed=1, ignore=True)                  # last target channel: ignore
+    loss = SegmentorRegionLoss(batch_dice=batch_dice, ddp=False, deep_supervision_weights=[1.0, 0.5],
+                               has_ignore_label=True)
+    present = torch.tensor([False, True, True])
+    masked = loss(outputs, targets, [0, 2], present)
+    reference = _nnunet_region_loss(batch_dice, ignore=True)
+    expected = sum(w * reference(o[present][:, [0, 2]], t[present][:, [0, 2, 3]])
+                   for w, o, t in zip([1.0, 0.5], outputs, targets))
+    assert masked.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize('batch_dice', [True, False])
+def test_segmentor_loss_of_an_empty_sub_batch_is_zero_with_zero_gradient(batch_dice):
+    outputs, targets = _loss_batch()
+    loss = SegmentorRegionLoss(batch_dice=batch_dice, ddp=False, deep_supervision_weights=[2 / 3, 1 / 3])
+    value = loss(outputs, targets, [0, 1], torch.zeros(3, dtype=torch.bool))
+    assert value.item() == 0.0
+    assert all(torch.count_nonzero(g) == 0 for g in torch.autograd.grad(value, outputs))
 
 
 # ------------------------------------------------------------------------------------------------ DDP
@@ -246,6 +295,40 @@ def _ddp_worker(rank: int, world: int, port: int, results):
         results[rank] = (all(p.grad is not None for p in net.parameters()), grads)
     finally:
         dist.destroy_process_group()
+
+
+def _ddp_loss_worker(rank: int, world: int, port: int, results):
+    import datetime
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        outputs, targets = _loss_batch(seed=0, batch=2)
+        outputs = [o[rank:rank + 1].detach().clone().requires_grad_() for o in outputs]     # one sample per rank
+        targets = [t[rank:rank + 1] for t in targets]
+        present = torch.tensor([[True], [False]])[rank]                   # rank 1: empty sub-batch
+        loss = SegmentorRegionLoss(batch_dice=True, ddp=True, deep_supervision_weights=[2 / 3, 1 / 3])
+        value = loss(outputs, targets, [1, 2], present)
+        grads = torch.autograd.grad(value, outputs)
+        results[rank] = (value.item(), float(sum(g.abs().sum() for g in grads)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_batch_dice_loss_with_an_empty_sub_batch_on_one_rank():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_loss_worker, args=(2, port, results), nprocs=2, join=True)
+    outputs, targets = _loss_batch(seed=0, batch=2)
+    reference = _nnunet_region_loss(True)
+    # the global sub-batch is rank 0's sample: rank 0 gets its full loss, rank 1 only its (global) Dice part
+    expected = sum(w * reference(o[:1, [1, 2]], t[:1, [1, 2]]) for w, o, t in zip([2 / 3, 1 / 3], outputs, targets))
+    dice = sum(w * reference.dc(o[:1, [1, 2]], t[:1, [1, 2]]) for w, o, t in zip([2 / 3, 1 / 3], outputs, targets))
+    assert results[0][0] == pytest.approx(expected.item(), rel=1e-5)
+    assert results[1][0] == pytest.approx(dice.item(), rel=1e-5)
+    assert results[0][1] > 0 and results[1][1] == 0.0
 
 
 def test_ddp_different_masks_per_rank_find_unused_parameters_false():

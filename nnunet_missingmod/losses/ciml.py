@@ -1,11 +1,13 @@
-"""CIML per-segmentor region losses (Eq. 8: the supervised part of L_com = L_CE + beta * L_KL).
+"""CIML per-segmentor region losses (Eq. 8: the supervised part of ``L_com = L_CE + beta * L_KL``).
+
+Paper: C. Shen et al., "Complementary Information Mutual Learning for Multimodality Medical Image Segmentation",
+arXiv:2401.02717 (2024). Sec. 4.2: the cross-entropy of Eq. 9 is used as nnU-Net's Dice + cross-entropy.
 
 Each segmentor is supervised on a subset of the region channels with nnU-Net's own region loss
-(:class:`~nnunetv2.training.loss.compound_losses.DC_and_BCE_loss`, deep supervision weights as nnU-Net's trainer),
-and only on the samples in which its primary modality is present. The per-sample selection is written as
-nnU-Net's ignore-label mask (an extra last target channel, 1 = ignore), so every rank of a DDP run calls the
-(batch-)Dice all-gather the same number of times whatever modalities it drew. The KL part lives in
-:mod:`nnunet_missingmod.losses.information_bottleneck` and in :meth:`nnunet_missingmod.networks.ciml.CIGModule.kl`.
+(:class:`~nnunetv2.training.loss.compound_losses.DC_and_BCE_loss`, built as ``nnUNetTrainer._build_loss`` builds
+it, deep supervision weights as nnU-Net's trainer), and only on the samples in which its primary modality is
+present: the loss **equals nnU-Net's loss on that sub-batch**, for both ``batch_dice`` settings. The KL part lives
+in :mod:`nnunet_missingmod.losses.information_bottleneck` and :meth:`nnunet_missingmod.networks.ciml.CIMLNetwork`.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
@@ -24,24 +27,49 @@ class SegmentorRegionLoss(nn.Module):
     ``forward(outputs, targets, regions, sample_mask)``: ``outputs``/``targets`` lists (highest resolution first)
     of (B, R, ...) logits and (B, R[+1], ...) region targets (``+1``: the data set's ignore channel when
     ``has_ignore_label``); ``regions`` the channels to supervise; ``sample_mask`` (B,) bool, True = supervise.
-    Samples outside the mask contribute neither to BCE nor to Dice (their Dice terms are the constant of an
-    empty/empty pair) and give zero gradient.
+    The value is nnU-Net's loss (``DC_and_BCE_loss`` with the trainer's ``batch_dice``) of the sub-batch
+    ``outputs[sample_mask][:, regions]``; masked samples get zero gradient. An empty sub-batch gives 0.
+
+    * ``batch_dice=False`` (nnU-Net's default for 3d_fullres): the sub-batch is indexed out and nnU-Net's loss is
+      called on it. (Masking the samples out instead would give every masked sample the Dice of an empty/empty
+      pair, 1, and bias the mean over samples; it would also make the BCE a sum over regions, nnU-Net's
+      ignore-label convention.)
+    * ``batch_dice=True``: written as a mask over the whole batch -- nnU-Net's Dice with a loss mask (the global
+      sums over the batch equal those of the sub-batch) and the BCE averaged over the unmasked voxels and regions
+      -- so that under DDP every rank calls the Dice all-gather the same number of times (three per deep
+      supervision level) whatever modalities it drew. Under DDP the Dice is the one of the sub-batches of all
+      ranks together (nnU-Net's DDP batch Dice); a rank whose sub-batch is empty then contributes BCE 0 and that
+      global Dice (zero gradient to its own outputs).
     """
 
     def __init__(self, batch_dice: bool, ddp: bool, deep_supervision_weights: Optional[Sequence[float]],
                  has_ignore_label: bool = False):
         super().__init__()
+        # nnUNetTrainer._build_loss for regions
         self.loss = DC_and_BCE_loss({}, {'batch_dice': batch_dice, 'do_bg': True, 'smooth': 1e-5, 'ddp': ddp},
-                                    use_ignore_label=True, dice_class=MemoryEfficientSoftDiceLoss)
+                                    use_ignore_label=has_ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
         self.weights = None if deep_supervision_weights is None else tuple(float(w) for w in deep_supervision_weights)
+        self.batch_dice = bool(batch_dice)
+        self.ddp = bool(ddp)
         self.has_ignore_label = has_ignore_label
 
-    def _masked_target(self, target: torch.Tensor, regions: Sequence[int], sample_mask: torch.Tensor):
-        ignore = (~sample_mask.to(device=target.device, dtype=torch.bool)).to(torch.float32)
-        ignore = ignore.reshape((-1,) + (1,) * (target.ndim - 1)).expand(-1, 1, *target.shape[2:])
+    def _sub_batch(self, out: torch.Tensor, tgt: torch.Tensor, regions: Sequence[int], index: torch.Tensor):
+        channels = list(regions) + ([tgt.shape[1] - 1] if self.has_ignore_label else [])
+        return self.loss(out[index][:, list(regions)], tgt[index][:, channels])
+
+    def _masked(self, out: torch.Tensor, tgt: torch.Tensor, regions: Sequence[int], present: torch.Tensor):
+        """nnU-Net's loss of the sub-batch, computed on the whole batch with a (B, 1, ...) voxel mask."""
+        out = out[:, list(regions)]
+        target = tgt[:, list(regions)].to(torch.float32)
+        mask = present.reshape((-1,) + (1,) * (tgt.ndim - 1)).expand(-1, 1, *tgt.shape[2:])
         if self.has_ignore_label:
-            ignore = torch.maximum(ignore, target[:, -1:].to(torch.float32))
-        return torch.cat((target[:, list(regions)].to(torch.float32), ignore), 1)
+            mask = mask & (tgt[:, -1:] == 0)
+        dice = self.loss.dc(out, target, loss_mask=mask)
+        bce = F.binary_cross_entropy_with_logits(out.float(), target, reduction='none')
+        # nnU-Net's BCE: mean over voxels and regions; with an ignore label, sum over regions / unmasked voxels
+        count = mask.sum() * (1 if self.has_ignore_label else out.shape[1])
+        bce = (bce * mask).sum() / torch.clip(count, min=1e-8)
+        return self.loss.weight_ce * bce + self.loss.weight_dice * dice
 
     def forward(self, outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], regions: Sequence[int],
                 sample_mask: torch.Tensor) -> torch.Tensor:
@@ -50,9 +78,17 @@ class SegmentorRegionLoss(nn.Module):
         weights = self.weights if self.weights is not None else (1.0,) * len(outputs)
         if len(weights) < len(outputs):
             raise ValueError(f"{len(outputs)} outputs but only {len(weights)} deep supervision weights")
+        present = sample_mask.to(device=outputs[0].device, dtype=torch.bool)
+        collective = self.batch_dice and self.ddp
+        if not collective and not bool(present.any()):
+            return sum(o.sum() for o in outputs) * 0.0                         # empty sub-batch: 0, graph kept
+        index = present.nonzero().squeeze(1)
         total = 0.0
         for w, out, tgt in zip(weights, outputs, targets):
             if w == 0.0:
                 continue
-            total = total + w * self.loss(out[:, list(regions)], self._masked_target(tgt, regions, sample_mask))
+            if self.batch_dice:
+                total = total + w * self._masked(out, tgt, regions, present)
+            else:
+                total = total + w * self._sub_batch(out, tgt, regions, index)
         return total
