@@ -165,3 +165,40 @@ def trained_model(nnunet_dataset):
         return done[trainer]
 
     return train
+
+
+def copy_matching_weights(source: torch.nn.Module, destination: torch.nn.Module) -> set:
+    """Load the parameters and buffers of ``source`` into ``destination`` where name and shape agree; returns the
+    names of the parameters the two networks share this way."""
+    theirs = source.state_dict()
+    ours = destination.state_dict()
+    matching = {k: v for k, v in theirs.items() if k in ours and ours[k].shape == v.shape}
+    destination.load_state_dict(matching, strict=False)
+    return {n for n, _ in destination.named_parameters() if n in matching}
+
+
+def loss_gradients(trainer, data, target, availability, seed: int = 0) -> dict:
+    """``{parameter name: gradient}`` of the trainer's total training loss on one batch (train mode; torch and the
+    trainer's generator seeded with ``seed`` first, so reparameterisation noise and random orders repeat)."""
+    import numpy as np
+    torch.manual_seed(seed)
+    trainer.rng = np.random.default_rng(seed)
+    trainer.share_rng(trainer.network)
+    trainer.network.train()
+    loss, _ = trainer.forward_loss(data, target, availability)
+    named = [(n, p) for n, p in trainer.network.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    return {n: g for (n, _), g in zip(named, grads) if g is not None}
+
+
+def relative_gradient_difference(variant: dict, reference: dict, names) -> float:
+    """``||g_variant - g_reference|| / ||g_reference||`` over the parameters ``names`` (missing gradients = 0)."""
+    num = den = 0.0
+    for n in names:
+        ref = reference.get(n)
+        var = variant.get(n)
+        ref = torch.zeros(()) if ref is None else ref
+        var = torch.zeros(()) if var is None else var
+        num += float((var - ref).double().square().sum())
+        den += float(ref.double().square().sum())
+    return (num / max(den, 1e-30)) ** 0.5

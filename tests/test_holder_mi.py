@@ -7,9 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
-from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
@@ -51,7 +48,7 @@ def test_widths_and_mi_levels_from_plans():
     assert [s[0].convs[0].conv.out_channels for s in net.backbone.encoder.stages] == [4, 8, 16]
     assert net.channel_encoders[0].groups == M and net.channel_encoders[0].out_channels == M * 4
     assert net.mi_stages == (1, 2)
-    assert net.mi.gammas == pytest.approx((0.2, 0.3))
+    assert net.mi.gammas == pytest.approx((0.1, 0.2))  # gamma_k = gamma0 * k, k = 1..K over the used levels
     assert SharedBackboneNetwork.from_plans(configuration(), M, 3, True, mi_num_levels=0).mi is None
 
 
@@ -109,11 +106,7 @@ def test_finite_outputs_and_losses_under_all_15_masks():
         n_subsets = 2 ** len(subset) - 1
         assert aux['_subset_outputs'][0].shape == (n_subsets, 1, 3, 8, 8, 8)
         assert all(torch.isfinite(o).all() for o in aux['_subset_outputs'])
-        assert torch.isfinite(aux['mi'])
-        if len(subset) == 1:  # d_m = d_f: no transfer, weight 0
-            assert float(aux['mi'].detach()) == 0.0
-        else:
-            assert float(aux['mi'].detach()) != 0.0
+        assert torch.isfinite(aux['mi']) and float(aux['mi'].detach()) != 0.0
 
 
 def test_training_subsets_enumerate_or_draw_within_availability():
@@ -146,54 +139,82 @@ def test_build_network_architecture_is_a_classmethod_with_nnunet_signature():
     assert budget.subsets_per_step == hm.nnUNetTrainerHolderMI_budget.subsets_per_step
 
 
-def test_variant_hyper_parameters():
-    assert hm.nnUNetTrainerHolderMI.holder_alpha == 1.1 and hm.nnUNetTrainerHolderMI.divergence == 'holder'
-    assert hm.nnUNetTrainerHolderMI_KL.divergence == 'kl'
-    assert hm.nnUNetTrainerHolderMI_alpha1_2.holder_alpha == 1.2
-    assert hm.nnUNetTrainerHolderMI_noHD.lambda_hd == 0 and hm.nnUNetTrainerHolderMI_noMI.lambda_mi == 0
-    from nnunet_missingmod.training.nnUNet_extTrainer import holder_mi_trainers
-    assert holder_mi_trainers.nnUNetTrainerHolderMI_JS is hm.nnUNetTrainerHolderMI_JS
+def numpy_image_holder(logits: np.ndarray, labels: np.ndarray, alpha: float = 1.1) -> float:
+    """Mean over samples and regions of Eq. 2 between softmax_voxels(sigmoid(logits)) and softmax_voxels(labels)."""
+    beta = alpha / (alpha - 1)
+    values = []
+    for b in range(logits.shape[0]):
+        for r in range(logits.shape[1]):
+            p = np.exp(1 / (1 + np.exp(-logits[b, r].ravel())))
+            q = np.exp(labels[b, r].ravel())
+            p, q = p / p.sum(), q / q.sum()
+            values.append(-np.log((p * q).sum() / ((p ** alpha).sum() ** (1 / alpha) * (q ** beta).sum() ** (1 / beta))))
+    return float(np.mean(values))
 
 
-def bare_trainer(cls=hm.nnUNetTrainerHolderMI):
-    """A trainer object with only what compute_loss needs (nnU-Net's region loss with deep supervision)."""
-    trainer = object.__new__(cls)
-    trainer.label_manager = LabelManager({'background': 0, 'whole': [1, 2, 3], 'core': [2, 3], 'enh': [3]},
-                                         regions_class_order=[1, 2, 3])
-    loss = DC_and_BCE_loss({}, {'batch_dice': True, 'do_bg': True, 'smooth': 1e-5, 'ddp': False},
-                           use_ignore_label=False, dice_class=MemoryEfficientSoftDiceLoss)
-    trainer.loss = DeepSupervisionWrapper(loss, [2 / 3, 1 / 3])
-    return trainer
+def numpy_soft_dice(logits: np.ndarray, labels: np.ndarray, smooth: float = 1e-5) -> float:
+    """nnU-Net's MemoryEfficientSoftDiceLoss (batch_dice False, background included): -mean_{b,r} Dice."""
+    p = 1 / (1 + np.exp(-logits))
+    axes = tuple(range(2, p.ndim))
+    dice = (2 * (p * labels).sum(axes) + smooth) / np.clip(p.sum(axes) + labels.sum(axes) + smooth, 1e-8, None)
+    return float(-dice.mean())
 
 
 @pytest.mark.parametrize('cls', [hm.nnUNetTrainerHolderMI, hm.nnUNetTrainerHolderMI_noHD,
-                                 hm.nnUNetTrainerHolderMI_KL])
-def test_compute_loss_is_algorithm_1(cls):
-    trainer = bare_trainer(cls)
-    net = network().train()
-    x = torch.randn(2, M, 8, 8, 8)
+                                 hm.nnUNetTrainerHolderMI_DiceOnly])
+def test_total_loss_is_eq_7_over_all_subsets(cls, tmp_path):
+    """Algorithm 1 / Eq. 7 against an independent numpy computation: plain soft Dice (no BCE) + lambda_1 L_MI +
+    lambda_2 L_HD (densities over the image), averaged over the 15 subsets, deep supervision weights 2/3, 1/3, 0."""
+    from conftest import make_trainer, small_plans
+    trainer = make_trainer(cls, tmp_path, small_plans(features=(4, 8, 16, 32)))
+    x = torch.randn(2, M, 16, 16, 16)
     availability = masks([1, 1, 1, 1], [1, 1, 1, 1])
-    seg, aux = net(x, availability, return_aux=True)
-    target = [(torch.rand(2, 3, 8 // 2 ** i, 8 // 2 ** i, 8 // 2 ** i) > 0.5).float() for i in range(2)]
+    target = [(torch.rand(2, 3, 16 // 2 ** i, 16 // 2 ** i, 16 // 2 ** i) > 0.6).float() for i in range(3)]
+    trainer.network.train()
+    seg, aux = trainer.network(x, availability, return_aux=True)
     total, terms = trainer.compute_loss(seg, aux, target, availability)
-    outs = aux['_subset_outputs']
-    dice = sum(trainer.loss([o[s] for o in outs], target) for s in range(15)) / 15
-    torch.testing.assert_close(terms['seg'], dice)
-    expected = dice + cls.lambda_mi * aux['mi']
-    if cls.lambda_hd:
-        hd = sum(w * divergence_loss(o, t, 'sigmoid', cls.divergence, cls.holder_alpha, dim=2)
-                 for w, o, t in zip([2 / 3, 1 / 3], outs, target))
-        torch.testing.assert_close(terms['hd'], hd)
-        expected = expected + cls.lambda_hd * hd
+    outs = [o.detach().double().numpy() for o in aux['_subset_outputs']]
+    labels = [t.double().numpy() for t in target]
+    weights = (2 / 3, 1 / 3, 0.0)
+    dice = np.mean([sum(w * numpy_soft_dice(o[s], y) for w, o, y in zip(weights, outs, labels)) for s in range(15)])
+    assert float(terms['seg']) == pytest.approx(dice, rel=1e-4)
+    expected = dice + cls.aux_loss_weights['mi'] * (float(terms['mi']) if 'mi' in terms else 0.0)
+    assert ('mi' in terms) == (cls.aux_loss_weights['mi'] > 0)
+    if cls.aux_loss_weights['hd'] > 0:
+        hd = np.mean([sum(w * numpy_image_holder(o[s], y) for w, o, y in zip(weights[:2], outs, labels))
+                      for s in range(15)])
+        assert float(terms['hd']) == pytest.approx(hd, rel=1e-4)
+        expected += cls.aux_loss_weights['hd'] * hd
     else:
         assert 'hd' not in terms
-    torch.testing.assert_close(total, expected)
+    assert float(total) == pytest.approx(expected, rel=1e-4)
     total.backward()
-    assert all(p.grad is not None for p in net.parameters())
+    # every parameter but the lowest-resolution head (deep supervision weight 0 in nnU-Net) is trained
+    no_grad = {n for n, p in trainer.network.named_parameters() if p.grad is None}
+    assert no_grad == {'backbone.decoder.seg_layers.0.weight', 'backbone.decoder.seg_layers.0.bias'}, no_grad
+
+
+def test_modality_specific_norm_has_one_affine_per_modality(tmp_path):
+    """The backbone's convolutions are shared, its norms' scale/shift are per modality: changing modality 2's
+    affine changes only predictions that use modality 2."""
+    net = network(deep_supervision=False).eval()
+    assert len(net.modality_affines) == sum(isinstance(m, torch.nn.InstanceNorm3d) for m in net.backbone.modules())
+    assert all(a.weight.shape[0] == M for a in net.modality_affines)
+    assert all(m.weight is None for m in net.backbone.modules() if isinstance(m, torch.nn.InstanceNorm3d))
+    x = torch.randn(1, M, 8, 8, 8)
+    with torch.no_grad():
+        before = {i: net(x, torch.from_numpy(subset_to_mask([i], M))[None]) for i in range(M)}
+        for a in net.modality_affines:
+            a.bias[2] += 0.5
+        after = {i: net(x, torch.from_numpy(subset_to_mask([i], M))[None]) for i in range(M)}
+    assert all(torch.equal(before[i], after[i]) for i in (0, 1, 3))
+    assert not torch.allclose(before[2], after[2])
+    shared = SharedBackboneNetwork.from_plans(configuration(), M, 3, False, modality_specific_norm=False)
+    assert shared.modality_affines == []
 
 
 def test_holder_loss_softmax_labels_with_ignore():
-    trainer = bare_trainer()
+    trainer = object.__new__(hm.nnUNetTrainerHolderMI)   # only what holder_loss needs
     trainer.label_manager = LabelManager({'background': 0, 'a': 1, 'b': 2, 'ignore': 3}, None)
     trainer.loss = None  # not a DeepSupervisionWrapper: only the full-resolution output counts
     logits = [torch.randn(2, 1, 3, 4, 4, 4), torch.randn(2, 1, 3, 2, 2, 2)]
@@ -201,7 +222,7 @@ def test_holder_loss_softmax_labels_with_ignore():
     got = trainer.holder_loss(logits, [labels, labels[..., ::2, ::2, ::2]])
     keep = labels[:, 0] != 3
     onehot = torch.nn.functional.one_hot(torch.where(keep, labels[:, 0], 0), 3).movedim(-1, 1)
-    expected = divergence_loss(logits[0], onehot, 'softmax', 'holder', 1.1, dim=2, mask=keep)
+    expected = divergence_loss(logits[0], onehot, 'softmax', 'holder', 1.1, dim=2, mask=keep[:, None])
     torch.testing.assert_close(got, expected)
 
 
@@ -248,7 +269,10 @@ def test_train_and_predict_with_nnunet(nnunet_dataset, trained_model, tmp_path):
     trainer = 'nnUNetTrainerHolderMI'
     folder = trained_model(trainer)
     log = next((folder / 'fold_0').glob('training_log_*.txt')).read_text()
-    assert 'train loss terms (unweighted): seg' in log and ' mi ' in log and ' hd ' in log
+    terms = log.split('train loss terms (unweighted): ')[1].splitlines()[0]
+    assert terms.startswith('seg ') and ' mi ' in terms and 'nats/element' in terms and ' hd ' in terms
+    shares = log.split('share of the gradient norm per weighted term')[1].splitlines()[0]
+    assert all(f' {t} ' in shares for t in ('seg', 'mi', 'hd'))
     images = sorted((nnunet_dataset.raw / 'imagesTr').glob('*_0000.nii.gz'))[:1]
     inputs = tmp_path / 'in'
     inputs.mkdir()

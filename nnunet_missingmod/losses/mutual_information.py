@@ -1,6 +1,6 @@
 """Variational mutual-information knowledge transfer between full- and missing-modality features (Eq. 3-5).
 
-The Hölder-MI paper (``shared/seeds/001``) maximises ``I(d_f; d_m) = H(d_f) - H(d_f | d_m)`` between the encoder
+Hölder-MI (R. Cheng, X. Qiu, M. Li, Y. Zhang, C. Li, F. Yu, arXiv:2507.01254, 2025) maximises ``I(d_f; d_m) = H(d_f) - H(d_f | d_m)`` between the encoder
 features of the full modality set ``d_f`` and of a modality subset ``d_m`` at K encoder levels. With the variational
 lower bound of Barber & Agakov, ``H(d_f)`` is constant w.r.t. the student and the loss is the negative
 log-likelihood of a Gaussian ``q(d_f | d_m)`` (Eq. 4-5)::
@@ -13,17 +13,16 @@ voxel-wise MLP, so the cost stays linear in the number of voxels) and one learne
 
 Decisions (documented because the paper leaves them open):
 
-* **Normalisation.** Eq. 5 *sums* over channels and voxels; we take the *mean* (per sample), so ``lambda_1`` does not
-  depend on the patch size or the widths. This is Eq. 5 divided by a constant per level.
-* **Gradient side.** ``d_f`` is the *teacher* and is detached: gradients flow into ``mu``, ``sigma`` and the student
-  features ``d_m`` (and through them into the shared backbone), i.e. knowledge moves from the full set to the
-  missing-modality path as in the paper's teacher-student reading (Hinton-style distillation). Letting gradients
-  into ``d_f`` as well would reward making the full-modality features easy to predict (collapsing them) instead of
-  making the subset features informative.
+* **Normalisation.** Eq. 5 *sums* over channels and voxels; we take the *mean* over them (per sample), as the
+  authors' code does (``utils/loss.py``, ``Cal_MIloss``: ``torch.mean`` of ``0.5 (d_f - mu)^2 / var + 0.5 log var``),
+  so ``lambda_1`` does not depend on the patch size or the widths. Logged unit: nats per feature element.
+* **Gradient side.** Gradients flow into both ``d_f`` and ``d_m`` (and ``mu``, ``sigma``), as in the authors' code
+  (``trainer/trainer.py`` forms ``d_f`` as the mean of the modality features without ``detach``): the shared
+  backbone is pulled towards features whose full-set mean is predictable from every subset's mean.
 * **sigma.** ``sigma_c = sigma_min + softplus(rho_c)`` in float32 (initialised to 1). The floor keeps the NLL bounded
-  below if a student manages to reproduce the teacher exactly (with ``d_m = d_f`` the optimum would be sigma -> 0).
-* **gamma_k = gamma0 * k** with k the 1-based index of the encoder stage (1 = highest resolution), so deeper,
-  semantically richer levels weigh more (Theorem 7), whichever stages are used.
+  below when a student reproduces the teacher exactly (the full set itself is one of Algorithm 1's subsets).
+* **gamma_k = gamma0 * k** with ``k = 1 .. K`` the index of the used level from the shallowest to the deepest
+  (Eq. 13), so deeper, semantically richer levels weigh more (Theorem 7).
 """
 from __future__ import annotations
 
@@ -45,7 +44,7 @@ class VariationalMILoss(nn.Module):
 
     Args:
         channels: channels of each used level.
-        stage_indices: 1-based encoder stage index ``k`` of each used level (sets ``gamma_k = gamma0 * k``).
+        stage_indices: 1-based index ``k`` of each used level, shallowest first (sets ``gamma_k = gamma0 * k``).
         conv_op: ``nn.Conv1d/2d/3d`` matching the features.
         gamma0: base weight ``gamma0``.
         sigma_min: floor of ``sigma``.
@@ -82,7 +81,7 @@ class VariationalMILoss(nn.Module):
         feat_shape = missing.shape[len(lead):]
         mu = self.mean_nets[level](missing.reshape(-1, *feat_shape)).reshape(missing.shape)
         sigma = self.sigma(level).reshape(-1, *([1] * self.spatial_dims))
-        nll = gaussian_nll(full.detach().float(), mu.float(), sigma)
+        nll = gaussian_nll(full.float(), mu.float(), sigma)
         return nll.flatten(len(lead)).mean(-1)
 
     def forward(self, full: Sequence[torch.Tensor], missing: Sequence[torch.Tensor],

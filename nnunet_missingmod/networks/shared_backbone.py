@@ -1,4 +1,5 @@
-"""Parallel single-modality network of the Hölder-MI paper: channel encoders f_i + one shared U-Net backbone T.
+"""Parallel single-modality network of Hölder-MI (Cheng et al., arXiv:2507.01254): channel encoders f_i + one
+shared U-Net backbone T.
 
 ``h_i = T(f_i(x_i); theta)`` for every *available* modality i, and the dynamic combination (DC module) predicts a
 modality subset S as the mean of its members' outputs ``Y_S = mean_{i in S} h_i`` (Algorithm 1, step 3).
@@ -12,6 +13,9 @@ modality subset S as the mean of its members' outputs ``Y_S = mean_{i in S} h_i`
   ``width_factor``. It runs *once* on all available (sample, modality) pairs stacked into the batch dimension, so
   the cost is proportional to the number of available modalities (the paper's Theorem 4) and there is no Python
   loop over modalities. At inference missing modalities get no backbone pass at all.
+* **Normalisation per modality** (``modality_specific_norm``, default on): T's convolutions are shared, its
+  normalisation layers keep one affine (scale, shift) per modality, as the authors' code keeps one GroupNorm per
+  modality (:mod:`nnunet_missingmod.networks.modality_norm`).
 * **Combination of logits.** ``Y_S`` averages the per-modality *logits* (pre-sigmoid/softmax). Averaging logits is a
   product of experts in probability space (sigmoid/softmax of a mean of logits); it keeps the output a plain logit
   tensor that nnU-Net's losses, its sliding-window Gaussian blending and its export (``apply_inference_nonlin``)
@@ -25,7 +29,9 @@ and returns, besides the prediction for the given mask:
 * ``aux['_features']``: the per-pair encoder features of the MI levels (N, C_k, *spatial) and
   ``aux['_pair_index']`` (N, 2) (sample, modality) of each pair;
 * ``aux['mi']``: the unweighted L_MI (Eq. 4-5) between ``d_f`` (mean over the sample's available modalities) and
-  ``d_m`` (mean over the subset), when the network was built with an MI module.
+  ``d_m`` (mean over the subset), averaged over all training subsets (the full set included, as in Algorithm 1),
+  when the network was built with an MI module. By default (``mi_num_levels = 1``) the features are the
+  deepest encoder stage, the "deep feature" of the paper and the bottleneck ``c5d`` the authors' code uses.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from nnunet_missingmod.losses.mutual_information import VariationalMILoss
 from nnunet_missingmod.modalities import draw_availability
 from nnunet_missingmod.networks.base import MissingModalityNetwork
+from nnunet_missingmod.networks.modality_norm import make_norms_modality_specific
 from nnunet_missingmod.networks.plans import resolve_arch_kwargs, scale_widths
 
 
@@ -73,6 +80,7 @@ class SharedBackboneNetwork(MissingModalityNetwork):
         backbone_kwargs: its resolved kwargs without ``input_channels``/``num_classes`` (widths already scaled).
         channel_encoder_kernel: kernel size of f_i (1 or 3 in the paper's spirit; 3 by default).
         mi_num_levels: number of deepest encoder stages used for L_MI (``None`` = all; 0 = no MI module).
+        modality_specific_norm: one affine per modality in every normalisation layer of T.
         mi_gamma0, mi_sigma_min: see :class:`~nnunet_missingmod.losses.mutual_information.VariationalMILoss`.
         subsets_per_step: ``None`` = all non-empty subsets of the available modalities per training step
             (Algorithm 1); an int draws that many subsets uniformly per sample.
@@ -80,7 +88,8 @@ class SharedBackboneNetwork(MissingModalityNetwork):
 
     def __init__(self, num_modalities: int, num_classes: int, backbone_class, backbone_kwargs: dict,
                  channel_encoder_kernel: int = 3, mi_num_levels: Optional[int] = None, mi_gamma0: float = 1.0,
-                 mi_sigma_min: float = 1e-2, subsets_per_step: Optional[int] = None, seed: Optional[int] = None):
+                 mi_sigma_min: float = 1e-2, subsets_per_step: Optional[int] = None, seed: Optional[int] = None,
+                 modality_specific_norm: bool = True):
         super().__init__()
         self.num_modalities = int(num_modalities)
         widths = backbone_kwargs['features_per_stage']
@@ -103,13 +112,16 @@ class SharedBackboneNetwork(MissingModalityNetwork):
         init = getattr(self.backbone, 'initialize', InitWeights_He(1e-2))
         self.backbone.apply(init)
         self.channel_encoders.apply(init)
+        # a plain list: the layers are registered inside the backbone already
+        self.modality_affines = make_norms_modality_specific(self.backbone, norm_op, num_modalities) \
+            if modality_specific_norm and norm_op is not None else []
 
         stage_widths = scale_widths(widths, 1.0, n_stages)
         k = n_stages if mi_num_levels is None else int(mi_num_levels)
         if not 0 <= k <= n_stages:
             raise ValueError(f"mi_num_levels must be between 0 and {n_stages}, got {mi_num_levels}")
         self.mi_stages = tuple(range(n_stages - k, n_stages))          # 0-based encoder stages used for L_MI
-        self.mi = VariationalMILoss([stage_widths[s] for s in self.mi_stages], [s + 1 for s in self.mi_stages],
+        self.mi = VariationalMILoss([stage_widths[s] for s in self.mi_stages], list(range(1, k + 1)),
                                     conv_op, mi_gamma0, mi_sigma_min) if k else None
         self.subsets_per_step = subsets_per_step
         self.rng = np.random.default_rng(seed)
@@ -162,6 +174,8 @@ class SharedBackboneNetwork(MissingModalityNetwork):
         d = self.channel_encoders(x)
         d = d.reshape(B, M, self.common_channels, *d.shape[2:])
         pair_index = availability.nonzero()                                         # (N, 2): (sample, modality)
+        for affine in self.modality_affines:
+            affine.rows = pair_index[:, 1]
         skips = self.backbone.encoder(d[pair_index[:, 0], pair_index[:, 1]])       # one batched backbone pass
         out = self.backbone.decoder(skips)
         outputs = out if isinstance(out, (list, tuple)) else [out]
@@ -178,7 +192,5 @@ class SharedBackboneNetwork(MissingModalityNetwork):
         if self.mi is not None:
             d_full = [combine_pairs(f, pair_index, full)[0] for f in features]      # (B, C, ...): teacher
             d_missing = [combine_pairs(f, pair_index, subsets) for f in features]  # (S, B, C, ...): students
-            # d_m = d_f carries no transfer (and its NLL is unbounded below): weight 0
-            proper = (subsets != full).any(-1)
-            aux['mi'] = self.mi(d_full, d_missing, proper)
+            aux['mi'] = self.mi(d_full, d_missing)
         return seg, aux

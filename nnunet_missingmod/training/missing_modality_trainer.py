@@ -235,7 +235,7 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
         if len(self._epoch_terms) > 1:
-            self.print_to_log_file('train loss terms (unweighted value [unit] x weight): ' + ', '.join(
+            self.print_to_log_file('train loss terms (unweighted): ' + ', '.join(
                 f'{k} {np.mean(v):.4f}{" " + self.loss_term_units[k] if k in self.loss_term_units else ""}'
                 f' x{self.term_weight(k):g}' for k, v in self._epoch_terms.items()))
         if self._gradient_shares and not self._gradient_shares_logged:
