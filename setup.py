@@ -32,5 +32,6 @@ setup(
         'nnUNetv2_mm_ciml_gradcam = nnunet_missingmod.inference.ciml_gradcam:main',
         'nnUNetv2_mm_perf = nnunet_missingmod.evaluation.perf:main',
         'nnUNetv2_mm_benchmark_cost = nnunet_missingmod.evaluation.benchmark_cost:main',
+        'nnUNetv2_mm_compare = nnunet_missingmod.evaluation.compare:main',
     ]},
 )
