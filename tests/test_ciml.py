@@ -59,23 +59,50 @@ def test_cig_output_shapes(fusion):
         assert cig.last['mu'].shape == cig.last['logvar'].shape == (2, 3, 6, 4, 5, 6)
 
 
-def test_cig_kl_closed_form():
+def test_cig_kl_closed_form_nats_per_sample():
     cig = CIGModule(2, 2, torch.nn.Conv3d, [3, 3, 3], torch.nn.InstanceNorm3d, {'affine': True},
                     torch.nn.LeakyReLU, {}, 'attention_vi')
+    # (B=2, K=2, C=2, 2, 2, 1): every (sample, message) holds the four values below in each of its 2 channels
     mu = torch.tensor([1.0, 0.0, -2.0, 0.5]).reshape(1, 1, 1, 2, 2, 1).expand(2, 2, 2, 2, 2, 1).contiguous()
     logvar = torch.tensor([0.0, math.log(2.0), 0.0, -1.0]).reshape(1, 1, 1, 2, 2, 1).expand(2, 2, 2, 2, 2, 1)
     cig.last = {'mu': mu, 'logvar': logvar.contiguous()}
-    # per element 0.5 * (mu^2 + var - 1 - logvar)
-    expected = 0.25 * (0.5 * 1 + 0.5 * (2 - 1 - math.log(2)) + 0.5 * 4 + 0.5 * (0.25 + math.exp(-1) - 1 + 1))
-    full = cig.kl(torch.ones(2, 2), torch.ones(2))
-    assert full.dtype == torch.float32
-    assert full.item() == pytest.approx(expected, rel=1e-6)
-    # masked messages / absent receivers do not count; nothing present -> exactly 0
+    # per element 0.5 * (mu^2 + var - 1 - logvar), summed over 2 channels x 4 voxels x present messages
+    four = 0.5 * 1 + 0.5 * (2 - 1 - math.log(2)) + 0.5 * 4 + 0.5 * (0.25 + math.exp(-1) - 1 + 1)
+    full = cig.kl_per_sample(torch.ones(2, 2))
+    assert full.dtype == torch.float32 and full.shape == (2,)
+    assert full.tolist() == pytest.approx([4 * four, 4 * four], rel=1e-6)
+    # masked messages do not count, even with huge values; nothing present -> exactly 0
     cig.last['mu'] = mu.clone()
     cig.last['mu'][0, 1] = 100.0
-    assert cig.kl(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.ones(2)).item() == pytest.approx(expected, rel=1e-6)
-    assert cig.kl(torch.ones(2, 2), torch.tensor([0.0, 1.0])).item() == pytest.approx(expected, rel=1e-6)
-    assert cig.kl(torch.zeros(2, 2), torch.ones(2)).item() == 0.0
+    assert cig.kl_per_sample(torch.tensor([[1.0, 0.0], [1.0, 1.0]])).tolist() == pytest.approx([2 * four, 4 * four],
+                                                                                                rel=1e-6)
+    assert cig.kl_per_sample(torch.zeros(2, 2)).tolist() == [0.0, 0.0]
+
+
+def test_network_kl_is_nats_per_sample_and_rescaled_per_output_element():
+    net = make_network().train()
+    x = torch.randn(3, 4, PATCH, PATCH, PATCH)
+    availability = torch.tensor([[True, True, True, True], [True, False, True, False], [False, True, True, True]])
+    _, aux = net(x * availability[:, :, None, None, None], availability, return_aux=True)
+    nats, term = 0.0, 0.0
+    for m, task in enumerate(BRATS_INDEX_MAP):
+        others = [j for j in range(4) if j != m]
+        per_sample = torch.zeros(3)
+        for cig in net.cigs[m]:
+            mu, logvar = cig.last['mu'].detach().double(), cig.last['logvar'].detach().double()
+            element = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar)                     # (B, K, C, ...)
+            per_sample += (element.flatten(2).sum(-1) * availability[:, others]).sum(1).float()
+        receivers = availability[:, m]
+        kl_m = per_sample[receivers].mean()                                           # samples where m present
+        nats += kl_m
+        term += kl_m / (PATCH ** 3 * len(task))
+    assert aux['_kl_nats_per_sample'].item() == pytest.approx(float(nats), rel=1e-4)
+    assert aux['kl'].item() == pytest.approx(float(term), rel=1e-4)
+    assert aux['_kl_nats_per_sample'].item() > 100 * aux['kl'].item()
+    net.eval()
+    with torch.no_grad():
+        _, aux = net(x, availability, return_aux=True)
+    assert 'kl' not in aux and '_kl_nats_per_sample' not in aux
 
 
 def test_missing_messages_have_zero_attention_and_contribution():
@@ -370,11 +397,15 @@ def test_build_network_architecture_reads_task_map_from_configuration():
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
     from nnunet_missingmod.networks.plans import scale_widths
     from nnunet_missingmod.training.ciml_trainer import (nnUNetTrainerCIML, nnUNetTrainerCIML_budget,
-                                                         nnUNetTrainerCIML_Message, nnUNetTrainerCIML_NoMessage)
+                                                         nnUNetTrainerCIML_Message, nnUNetTrainerCIML_NoMessage,
+                                                         nnUNetTrainerCIML_paper)
     config = {'architecture': {'network_class_name': ARCH, 'arch_kwargs': ARCH_KWARGS, '_kw_requires_import': REQ},
               'patch_size': [PATCH] * 3, 'ciml_task_map': BRATS_INDEX_MAP}
     net = nnUNetTrainerCIML.build_network_architecture(None, ConfigurationManager(config), 4, 3, False)
     assert isinstance(net, CIMLNetwork) and net.task_map == BRATS_INDEX_MAP and net.fusion == 'attention_vi'
+    assert net.fallback is True
+    paper = nnUNetTrainerCIML_paper.build_network_architecture(None, ConfigurationManager(config), 4, 3, False)
+    assert paper.fallback is False and paper.fusion == 'attention_vi'
     assert net.segmentors[0].encoder.output_channels == [2, 4, 8]          # width factor 0.25
     assert nnUNetTrainerCIML_NoMessage.build_network_architecture(None, ConfigurationManager(config), 4, 3,
                                                                   False).fusion == 'none'

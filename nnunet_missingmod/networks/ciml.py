@@ -1,4 +1,7 @@
-"""CIML: complementary information mutual learning (Sec. 3.1-3.2 of the CIML paper), with missing modalities.
+"""CIML: complementary information mutual learning, with missing modalities.
+
+Paper: C. Shen, W. Li, H. Chen, X. Wang, F. Zhu, Y. Li, X. Wang, B. Jin, "Complementary Information Mutual
+Learning for Multimodality Medical Image Segmentation", arXiv:2401.02717 (2024); Sec. 3.1-3.2, Eq. 8-10, Table 1.
 
 Architecture
 ------------
@@ -17,9 +20,32 @@ Architecture
     attention map per message;
   - variational inference (``CIG_Mu``/``CIG_Sigma``, one pair per message, run as one grouped 1x1 conv): from the
     attention-weighted message a mean and a log-variance; a reparameterised sample in training and the mean at
-    inference; KL to N(0, 1) (computed in float32, averaged per element);
+    inference; KL to N(0, 1) (float32; reduction: see *KL* below);
   - channel alignment (1x1 conv, no bias) of the summed complementary representations and residual sum with the
     local feature.
+
+  Messages are **not detached**: the loss of segmentor m reaches, through its gates, the encoders of the other
+  (present) segmentors that sent the messages. This is the paper's reading: the representation ``K_2`` of Eq. 5-10
+  is a function ``f_theta(x_1, x_2, eps)`` of both modalities optimised by automatic differentiation of
+  ``L_com``, and in the paper's demonstration (Sec. 4.3) the auxiliary encoder has no loss of its own, so it is
+  trained only through the primary sub-task's loss (there only the *primary* features entering the mu/sigma path
+  are detached). A segmentor's encoder is therefore trained by its own loss and by the losses of the segmentors
+  it sends messages to ("mutual learning").
+
+* **KL** (Eq. 10): ``L_KL = 1/N sum_i KL[p(kappa_2 | x^i) || N(0, I)]`` is the KL of the *whole* complementary
+  representation of a sample: summed over messages, channels and voxels of every gate of a segmentor, averaged
+  over the samples in which that segmentor is present -- **nats per sample**, returned as
+  ``aux['_kl_nats_per_sample']`` (summed over segmentors). The loss term ``aux['kl']`` divides each segmentor's
+  nats per sample by the number of output elements its cross-entropy averages over (patch voxels x its task's
+  regions; all regions for an empty task). Reason: Eq. 7 is ``1/N sum_i [CE_i + beta KL_i]`` with ``CE_i`` the
+  log-likelihood of the whole mask, whereas the implementation (Sec. 4.2) uses nnU-Net's Dice + cross-entropy,
+  whose cross-entropy is a *mean* over voxels and regions; dividing the KL by the same count keeps ``beta`` the
+  trade-off of Eq. 7 (Eq. 7 up to a constant factor). Measured at the first step of ``nnUNetTrainerCIML``
+  (``trainer.gradient_shares``) on the 16^3 unit-test plans (widths 4-16), the literal sum (2.2e3 nats per
+  sample) weighted by ``beta = 0.5`` next to the per-voxel-mean cross-entropy takes the whole gradient norm
+  (share 1.000, every other term <= 0.001; 2.5e4 nats and 1.000 on 32^3 plans with widths 8-64): it would
+  silence every message, against Table 5 (+VI helps) and Fig. 11 (every beta in 1e-3..10 beats nnU-Net). The
+  rescaled term (0.40 resp. 0.56) has share 0.17 resp. 0.27 (per-element mean: 0.18 resp. 0.12).
 
 * **Prediction**: every segmentor emits logits for *all* regions. For region r the final logit is the average of
   the logits of the available segmentors whose task contains r. Logits (not probabilities) are averaged: the
@@ -33,12 +59,14 @@ Missing modalities (our extension of the paper)
   ``find_unused_parameters=False``).
 * A missing modality sends no message: its encoder features are multiplied by 0 before the gate, its attention
   map is multiplied by 0 and its complementary representation (mu or sample) by 0. Its segmentor drops out of the
-  average. The output therefore does not depend on a missing modality's input at all.
-* **Fallback heads**: the region channels outside a segmentor's task are auxiliary heads (same decoder, extra
-  output channels of the segmentation layers). They are trained with a small weight
-  (``nnUNetTrainerCIML.ciml_fallback_weight``) and used *only* when no available segmentor has the region in its
-  task; then the region is the average of the fallback logits of all available segmentors. Hence every region is
-  predicted under any non-empty modality subset.
+  average. The output therefore does not depend on a missing modality's input at all, and no loss sends a
+  gradient into a missing modality's encoder through a message.
+* **Fallback heads** (``fallback=True``, default): the region channels outside a segmentor's task are auxiliary
+  heads (same decoder, extra output channels of the segmentation layers). The trainer supervises them with a small
+  weight, and they are used *only* when no available segmentor has the region in its task; then the region is the
+  average of the fallback logits of all available segmentors. Hence every region is predicted under any non-empty
+  modality subset. With ``fallback=False`` (the paper, which has no such heads) a region none of whose segmentors
+  is available gets the constant logit :data:`ABSENT_LOGIT`: it is predicted absent.
 """
 from __future__ import annotations
 
@@ -60,6 +88,9 @@ FUSIONS = ('none', 'plain', 'attention', 'vi', 'attention_vi')
 
 #: the paper's default BraTS task decomposition (Sec. 4.1.1, last row of Table 6)
 BRATS_TASK_MAP = {'FLAIR': ('WT',), 'T1': ('TC',), 'T2': ('WT', 'TC'), 'T1ce': ('TC', 'ET')}
+
+#: logit of a region none of whose segmentors is available, without fallback heads (sigmoid ~ 2e-9: absent)
+ABSENT_LOGIT = -20.0
 
 
 # ----------------------------------------------------------------------------------------------- task map
@@ -182,13 +213,11 @@ class CIGModule(nn.Module):
         self.last['representations'] = representations
         return local + self.align(sum(representations))
 
-    def kl(self, mask: torch.Tensor, receiver: torch.Tensor) -> torch.Tensor:
-        """Mean KL per element over the present messages (``mask`` (B, K)) of the samples whose own segmentor is
-        present (``receiver`` (B,)); float32."""
-        mu, logvar = self.last['mu'], self.last['logvar']
-        kl = gaussian_kl_standard_normal(mu, logvar, reduction='none').flatten(2).mean(-1)   # (B, K)
-        weight = mask.float() * receiver.float()[:, None]
-        return (kl * weight).sum() / weight.sum().clamp_min(1.0)
+    def kl_per_sample(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B,) KL of this gate's complementary representations to N(0, I) in nats: summed over the present
+        messages (``mask`` (B, K)), channels and voxels; float32. A sample without a present message gives 0."""
+        kl = gaussian_kl_standard_normal(self.last['mu'], self.last['logvar'], reduction='none').flatten(2).sum(-1)
+        return (kl * mask.to(kl.dtype)).sum(1)                                # (B, K) -> (B,)
 
 
 # ----------------------------------------------------------------------------------------------- network
@@ -198,13 +227,17 @@ class CIMLNetwork(MissingModalityNetwork):
     ``forward(x, availability, return_aux=True)`` returns ``(seg, aux)`` with ``seg`` the fused region logits (a
     deep-supervision list when enabled) and ``aux``:
 
-    * ``'kl'`` (training, VI variants): sum over segmentors of each segmentor's KL (mean over its gates);
+    * ``'kl'`` (training, VI variants): sum over segmentors of each segmentor's KL in nats per sample (all its
+      gates, messages, channels and voxels; mean over the samples where it is present) divided by the number of
+      output elements its cross-entropy averages over (patch voxels x task regions) -- module docstring, *KL*;
+    * ``'_kl_nats_per_sample'`` (with ``'kl'``): the same sum without that division, nats per sample (Eq. 10);
     * ``'_segmentor_outputs'``: per segmentor, the list of its all-region logits (highest resolution first);
-    * ``'_combination_weights'``: (B, M, R) weights used for the fused output.
+    * ``'_combination_weights'``: (B, M, R) weights used for the fused output (all zero for a region without an
+      available segmentor when ``fallback`` is False: that region's fused logit is :data:`ABSENT_LOGIT`).
     """
 
     def __init__(self, segmentors: Sequence[nn.Module], task_map: Sequence[Sequence[int]], num_regions: int,
-                 fusion: str = 'attention_vi'):
+                 fusion: str = 'attention_vi', fallback: bool = True):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"unknown CIML fusion {fusion!r}; choose one of {FUSIONS}")
@@ -213,6 +246,7 @@ class CIMLNetwork(MissingModalityNetwork):
         self.num_modalities = num_modalities
         self.num_regions = num_regions
         self.fusion = fusion
+        self.fallback = bool(fallback)
         for s in segmentors:
             if not all(hasattr(s, a) for a in ('encoder', 'decoder')) or \
                     not all(hasattr(s.decoder, a) for a in ('stages', 'transpconvs', 'seg_layers')):
@@ -238,10 +272,11 @@ class CIMLNetwork(MissingModalityNetwork):
         return self.segmentors[0].decoder.deep_supervision
 
     def combination_weights(self, availability: torch.Tensor) -> torch.Tensor:
-        """(B, M, R) averaging weights: available primary segmentors of a region, else all available fallbacks."""
+        """(B, M, R) averaging weights: available primary segmentors of a region, else all available fallbacks
+        (else, without fallback heads, none)."""
         avail = availability.to(self.primary.dtype)[:, :, None]
         primary = avail * self.primary
-        fallback = avail * (1.0 - self.primary)
+        fallback = avail * (1.0 - self.primary) if self.fallback else torch.zeros_like(primary)
         has_primary = primary.sum(1, keepdim=True) > 0
         weights = torch.where(has_primary, primary, fallback)
         return weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
@@ -270,28 +305,37 @@ class CIMLNetwork(MissingModalityNetwork):
         skips = [self.segmentors[m].encoder(x[:, m:m + 1]) for m in range(self.num_modalities)]
         per_segmentor = [self._decode(m, skips, avail) for m in range(self.num_modalities)]
         weights = self.combination_weights(availability).to(x.dtype)
+        absent = (weights.sum(1) == 0).to(x.dtype) * ABSENT_LOGIT                 # (B, R), only without fallback
         fused = []
         for level in range(len(per_segmentor[0])):
             w = weights.reshape(weights.shape + (1,) * (x.ndim - 2))
             stacked = torch.stack([out[level] for out in per_segmentor], 1)    # (B, M, R, ...)
-            fused.append((stacked * w).sum(1))
+            fused.append((stacked * w).sum(1) + absent.reshape(absent.shape + (1,) * (x.ndim - 2)))
         aux = {'_segmentor_outputs': per_segmentor, '_combination_weights': weights}
         if self.training and self.fusion in ('vi', 'attention_vi') and len(self.cigs):
-            kl = []
-            for m in range(self.num_modalities):
-                others = [j for j in range(self.num_modalities) if j != m]
-                stage_kl = [cig.kl(avail[:, others], avail[:, m]) for cig in self.cigs[m]]
-                kl.append(sum(stage_kl) / len(stage_kl))
-            aux['kl'] = sum(kl)
+            aux['kl'], aux['_kl_nats_per_sample'] = self._kl(avail, x.shape[2:].numel())
         seg = fused if self.deep_supervision else fused[0]
         return seg, aux
+
+    def _kl(self, avail: torch.Tensor, num_voxels: int):
+        """(loss term, nats per sample) of the last forward's gates, summed over segmentors (module docstring)."""
+        term, nats = 0.0, 0.0
+        for m in range(self.num_modalities):
+            others = [j for j in range(self.num_modalities) if j != m]
+            per_sample = sum(cig.kl_per_sample(avail[:, others]) for cig in self.cigs[m])    # (B,) float32
+            receiver = avail[:, m].float()
+            kl_m = (per_sample * receiver).sum() / receiver.sum().clamp_min(1.0)
+            elements = num_voxels * (len(self.task_map[m]) or self.num_regions)
+            term = term + kl_m / elements
+            nats = nats + kl_m
+        return term, nats
 
     # ------------------------------------------------------------------------------- construction
     @classmethod
     def from_plans(cls, arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import: Sequence[str],
                    num_input_channels: int, num_output_channels: int, task_map: Sequence[Sequence[int]],
                    width_factor: float = 0.25, fusion: str = 'attention_vi',
-                   deep_supervision: bool = True) -> 'CIMLNetwork':
+                   deep_supervision: bool = True, fallback: bool = True) -> 'CIMLNetwork':
         """Build the segmentors with the plans' U-Net class and kwargs (widths scaled), one input channel each."""
         kwargs = dict(arch_kwargs)
         kwargs['features_per_stage'] = scale_widths(kwargs['features_per_stage'], width_factor)
@@ -303,4 +347,4 @@ class CIMLNetwork(MissingModalityNetwork):
                                              num_output_channels, allow_init=True,
                                              deep_supervision=deep_supervision)
                       for _ in range(num_input_channels)]
-        return cls(segmentors, task_map, num_output_channels, fusion)
+        return cls(segmentors, task_map, num_output_channels, fusion, fallback)

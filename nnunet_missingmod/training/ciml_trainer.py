@@ -1,11 +1,25 @@
 """``nnUNetTrainerCIML``: complementary information mutual learning with modality dropout, and its ablations.
 
-Loss (Eq. 8 per segmentor): nnU-Net's region loss (DC+BCE, deep supervision) of each segmentor on its own
-regions and on the samples where its modality is present, plus ``beta * KL`` of its CIG modules (beta = 0.5, the
-paper's best value), plus ``ciml_fallback_weight`` times the loss of its fallback heads (the regions outside its
-task, see :mod:`nnunet_missingmod.networks.ciml`). The terms of the segmentors are summed, so each segmentor's
-parameters get the gradient of its own loss, as if trained alone. Logged unweighted terms: ``seg_<modality>``
-(one per segmentor with a task), ``fallback`` and ``kl``.
+Paper: C. Shen, W. Li, H. Chen, X. Wang, F. Zhu, Y. Li, X. Wang, B. Jin, "Complementary Information Mutual
+Learning for Multimodality Medical Image Segmentation", arXiv:2401.02717 (2024).
+
+Loss (Eq. 8 per segmentor, summed over segmentors; the base trainer's one rule ``total = sum_k w_k L_k``):
+
+* ``seg_<modality>`` (weight 1, one per segmentor with a task): nnU-Net's region loss (Dice + BCE, deep
+  supervision, the trainer's ``batch_dice``) of that segmentor on its task's regions, computed on the sub-batch of
+  samples where its modality is present (:class:`~nnunet_missingmod.losses.ciml.SegmentorRegionLoss`);
+* ``kl`` (weight ``beta = 0.5``, the paper's best value, Fig. 11): the KL of its gates' complementary
+  representations (Eq. 10), in nats per sample divided by the number of output elements of its cross-entropy, so
+  that ``beta`` keeps its Eq. 7 meaning next to nnU-Net's mean cross-entropy (see
+  :mod:`nnunet_missingmod.networks.ciml`, *KL*, for the reasoning and the measured gradient shares);
+* ``fallback`` (weight ``aux_loss_weights['fallback']`` = 0.1; our extension, not in the paper): the same loss on
+  the regions outside each segmentor's task, which trains the fallback heads used when all segmentors of a region
+  are missing. :class:`nnUNetTrainerCIML_paper` has no fallback term;
+* ``kl_per_sample`` (weight 0, logged only): the same KL in nats per sample, Eq. 10 literally.
+
+Gradients: messages are not detached, so a segmentor's loss also trains the encoders of the present segmentors
+that send it messages (the paper's reading, see :mod:`nnunet_missingmod.networks.ciml`); a segmentor is *not*
+trained as if alone.
 
 The task map (modality names -> region names) is a class attribute. It is resolved against dataset.json in
 ``__init__`` and written into the plans configuration as ``ciml_task_map`` (region indices per modality); nnU-Net
@@ -14,7 +28,7 @@ dataset.json, by ``nnUNetv2_predict`` -- reads it back from ``configuration_mana
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
@@ -39,10 +53,12 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
     ciml_fusion: str = 'attention_vi'
     #: feature widths of each segmentor relative to the plans' U-Net (compute budget, see the README)
     ciml_width_factor: float = 0.25
-    #: weight of the fallback heads' loss (regions outside a segmentor's task)
-    ciml_fallback_weight: float = 0.1
-    #: beta of Eq. 8 for the KL term
-    aux_loss_weights: Dict[str, float] = {'kl': 0.5}
+    #: fallback heads (our extension): supervise the regions outside each segmentor's task and predict a region
+    #: from them when all its segmentors are missing. False: the paper's model (no such loss; region predicted absent)
+    ciml_fallback: bool = True
+    #: beta of Eq. 8 for the KL term, weight of the fallback heads' loss; kl_per_sample is logged only
+    aux_loss_weights: Dict[str, float] = {'kl': 0.5, 'fallback': 0.1, 'kl_per_sample': 0.0}
+    loss_term_units: Dict[str, str] = {'kl': 'nats/(voxel*region)', 'kl_per_sample': 'nats/sample'}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -50,6 +66,8 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
         if not self.label_manager.has_regions:
             raise ValueError("nnUNetTrainerCIML needs region-based training (dataset.json 'labels' with regions and "
                              "'regions_class_order'): each segmentor predicts a subset of the sigmoid regions")
+        if self.ciml_fallback and 'fallback' not in self.aux_loss_weights:
+            raise KeyError(f"{type(self).__name__}.aux_loss_weights needs a 'fallback' weight (ciml_fallback is on)")
         task_map = resolve_task_map(self.ciml_task_map, dataset_json)
         self.plans_manager.plans['configurations'][configuration][TASK_MAP_KEY] = task_map
         self.configuration_manager.configuration[TASK_MAP_KEY] = task_map
@@ -68,7 +86,7 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
             configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
             configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, num_output_channels,
             task_map, width_factor=cls.ciml_width_factor, fusion=cls.ciml_fusion,
-            deep_supervision=enable_deep_supervision)
+            deep_supervision=enable_deep_supervision, fallback=cls.ciml_fallback)
 
     def initialize(self):
         super().initialize()
@@ -76,9 +94,10 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
         self.segmentor_loss = SegmentorRegionLoss(self.configuration_manager.batch_dice, self.is_ddp, weights,
                                                   has_ignore_label=self.label_manager.has_ignore_label)
 
-    def compute_loss(self, output, aux: Dict[str, torch.Tensor], target, availability: torch.Tensor
-                     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Sum over segmentors of (primary-region loss + beta KL + fallback weight * fallback loss)."""
+    def segmentation_terms(self, output, aux: Dict[str, torch.Tensor], target, availability: torch.Tensor
+                           ) -> Dict[str, torch.Tensor]:
+        """Unweighted ``seg_<modality>`` per segmentor with a task, ``fallback`` (summed over segmentors, when
+        :attr:`ciml_fallback`) and the logged-only ``kl_per_sample``; the base class adds ``kl`` and weighs."""
         targets = target if isinstance(target, (list, tuple)) else [target]
         outputs = aux['_segmentor_outputs']
         num_regions = outputs[0][0].shape[1]
@@ -89,20 +108,13 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
             if task:
                 terms[f'seg_{self.modality_names[m]}'] = self.segmentor_loss(outputs[m], targets, task, present)
             others = [r for r in range(num_regions) if r not in task]
-            if others:
+            if self.ciml_fallback and others:
                 fallback.append(self.segmentor_loss(outputs[m], targets, others, present))
-        total = sum(terms.values())
         if fallback:
             terms['fallback'] = sum(fallback)
-            total = total + self.ciml_fallback_weight * terms['fallback']
-        extra = {k: v for k, v in aux.items() if not k.startswith('_')}
-        unweighted = [k for k in extra if k not in self.aux_loss_weights]
-        if unweighted:
-            raise KeyError(f"{type(self).__name__}.aux_loss_weights has no weight for {unweighted}")
-        for name, value in extra.items():
-            terms[name] = value
-            total = total + self.aux_loss_weights[name] * value
-        return total, terms
+        if '_kl_nats_per_sample' in aux:
+            terms['kl_per_sample'] = aux['_kl_nats_per_sample'].detach()
+        return terms
 
 
 # --------------------------------------------------------------------------- Table 5: component ablations
@@ -146,6 +158,22 @@ class nnUNetTrainerCIML_TaskMap4(nnUNetTrainerCIML):
     """Table 6 row 4: FLAIR->WT, T1->WT+TC, T2->WT+TC, T1ce->TC+ET."""
     ciml_task_map = {'FLAIR': ('WT',), 'T1': ('WT', 'TC'), 'T2': ('WT', 'TC'), 'T1ce': ('TC', 'ET')}
 
+
+
+# --------------------------------------------------------------------------- the paper's model
+class nnUNetTrainerCIML_paper(nnUNetTrainerCIML):
+    """The paper's CIML: Eq. 8 per segmentor (its task regions + beta KL), no fallback heads, no modality dropout.
+
+    Without the fallback loss each decoder is trained on its own task's regions only, as in the paper (the other
+    output channels of its segmentation layers stay untrained and are never used). The paper trains and evaluates
+    on complete cases, so modality dropout is off (missing channels of a case -- all-zero files -- still count as
+    missing). At inference with missing modalities, a region with at least one available segmentor is the average
+    of those segmentors' logits; a region **all of whose segmentors are missing is predicted absent** (constant
+    logit :data:`~nnunet_missingmod.networks.ciml.ABSENT_LOGIT`), e.g. ET without T1ce under the BraTS task map.
+    """
+    ciml_fallback = False
+    modality_dropout = False
+    aux_loss_weights = {'kl': 0.5, 'kl_per_sample': 0.0}
 
 
 # --------------------------------------------------------------------------- compute budget
