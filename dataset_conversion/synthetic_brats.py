@@ -4,9 +4,14 @@ A small, deterministic stand-in for BraTS that keeps what makes the missing-moda
 
 * **Anatomy** - a skull-stripped brain (irregular ellipsoid, zero background) with a cortical grey-matter ribbon,
   sulcal CSF, deep grey matter, white matter and two lateral ventricles (CSF).
-* **Tumour** - an irregular oedema blob around a tumour core; the core is an enhancing rim around a necrotic
-  centre. Position, size, shape and orientation are random; about one case in six has no enhancing tumour (a
-  non-enhancing core, BraTS label 1) and about one in six only a few small enhancing patches.
+* **Tumour** (``pathology='glioma'``, the default) - an irregular oedema blob around a tumour core; the core is an
+  enhancing rim around a necrotic centre. Position, size, shape and orientation are random; about one case in six
+  has no enhancing tumour (a non-enhancing core, BraTS label 1) and about one in six only a few small enhancing
+  patches.
+* **Metastases** (``pathology='metastasis'``, BraTS-METS-like) - two to five small lesions scattered over the
+  brain, each a solid or ring-enhancing core (a small necrotic centre in the larger ones) inside a wide vasogenic
+  oedema of 2.5-4 times the core's radius; neighbouring oedemas merge. Small cores, large oedema, several
+  components: the test set of SMSN's generalisation experiment (glioma-trained model on metastases).
 * **Contrasts** (relative intensities, see :data:`TISSUE_INTENSITY`) follow the usual radiological reading:
 
   ======== ====== ====== ====== ======
@@ -39,6 +44,7 @@ seed gives byte-identical arrays, and a case does not depend on how many cases a
 Command line::
 
     nnUNetv2_mm_synthetic -o DIR -n N [--layout brats2020|brats2023] [--seed S] [--shape X Y Z]
+                          [--pathology glioma|metastasis]
     python -m nnunet_missingmod.dataset_conversion.synthetic_brats -o DIR -n N ...
 
 ``DIR`` is created if missing. An existing ``DIR`` must be empty or a previous synthetic output (it holds the
@@ -200,6 +206,39 @@ def _tumour(rng, coords, shape, brain, tissue, ventricles, dist):
     return seg, water.astype(np.float32), info
 
 
+def _metastases(rng, coords, shape, brain, tissue, ventricles, dist):
+    """Like :func:`_tumour` for two to five metastases: small (ring-)enhancing cores in wide oedema."""
+    brain_radius = 0.41 * float(np.mean(np.asarray(shape, dtype=np.float64)))
+    candidates = np.flatnonzero(brain & ~ventricles & (tissue != CSF) & (dist < 0.8))
+    if candidates.size == 0:
+        candidates = np.flatnonzero(brain & ~ventricles)
+    oedema = np.zeros(shape, bool)
+    core = np.zeros(shape, bool)
+    necrosis = np.zeros(shape, bool)
+    lesions = []
+    for _ in range(int(rng.integers(2, 6))):
+        centre = np.array(np.unravel_index(candidates[rng.integers(candidates.size)], shape), dtype=np.float64)
+        core_r = brain_radius * rng.uniform(0.06, 0.14)
+        oedema_r = core_r * rng.uniform(2.5, 4.0)
+        oedema |= _blob(rng, coords, shape, centre, oedema_r)
+        core |= _blob(rng, coords, shape, centre, core_r, irregularity=0.15)
+        if core_r > 0.09 * brain_radius and rng.random() < 0.6:   # ring enhancement around a necrotic centre
+            necrosis |= _blob(rng, coords, shape, centre, core_r * rng.uniform(0.4, 0.6), irregularity=0.1)
+        lesions.append({'centre': [round(float(c), 2) for c in centre], 'core_radius': round(core_r, 2),
+                        'oedema_radius': round(oedema_r, 2)})
+    core &= brain
+    seg = np.zeros(shape, np.uint8)
+    seg[oedema & brain & ~ventricles] = ED
+    seg[core] = ET
+    seg[core & necrosis] = NCR
+    water = np.clip(0.5 + 0.12 * _smooth_field(rng, shape, 2.0), 0.3, 0.7)
+    return seg, water.astype(np.float32), {'kind': 'metastasis', 'lesions': lesions}
+
+
+#: tumour generators by pathology
+PATHOLOGIES = {'glioma': _tumour, 'metastasis': _metastases}
+
+
 def _modality_image(rng, m: int, shape, brain, tissue, seg, water) -> np.ndarray:
     """One scan: tissue contrast, texture, blur, bias field, Rician noise, skull-stripping, per-scan scaling."""
     val = {k: v[m] for k, v in TISSUE_INTENSITY.items()}
@@ -234,8 +273,8 @@ def affine_for(shape: Sequence[int], spacing: float = DEFAULT_SPACING) -> np.nda
 
 
 def generate_case(rng: np.random.Generator, shape: Sequence[int] = DEFAULT_SHAPE,
-                  spacing: float = DEFAULT_SPACING) -> dict:
-    """Draw one case.
+                  spacing: float = DEFAULT_SPACING, pathology: str = 'glioma') -> dict:
+    """Draw one case with a tumour of ``pathology`` (see :data:`PATHOLOGIES`).
 
     Returns a dict with ``images`` (``{'T1', 'T1ce', 'T2', 'FLAIR'}`` -> int16 arrays), ``seg`` (uint8, neutral
     convention 0 background, 1 necrosis/non-enhancing core, 2 oedema, 3 enhancing tumour), ``brain`` (bool),
@@ -245,8 +284,10 @@ def generate_case(rng: np.random.Generator, shape: Sequence[int] = DEFAULT_SHAPE
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f'shape must be three sizes of at least 8 voxels, got {shape}')
+    if pathology not in PATHOLOGIES:
+        raise ValueError(f'unknown pathology {pathology!r}; choose one of {sorted(PATHOLOGIES)}')
     coords, brain, tissue, ventricles, dist = _anatomy(rng, shape)
-    seg, water, info = _tumour(rng, coords, shape, brain, tissue, ventricles, dist)
+    seg, water, info = PATHOLOGIES[pathology](rng, coords, shape, brain, tissue, ventricles, dist)
     images = {name: _modality_image(rng, m, shape, brain, tissue, seg, water) for m, name in enumerate(MODALITIES)}
     return {'images': images, 'seg': seg, 'brain': brain, 'tissue': tissue, 'affine': affine_for(shape, spacing),
             'info': info}
@@ -302,10 +343,12 @@ def _check_output_folder(out_dir: Path) -> list[str]:
 
 def generate_dataset(out_dir, n: int, layout: str = 'brats2020', seed: int = 0,
                      shape: Sequence[int] = DEFAULT_SHAPE, spacing: float = DEFAULT_SPACING,
-                     progress: bool = True) -> list[Path]:
+                     progress: bool = True, pathology: str = 'glioma') -> list[Path]:
     """Write ``n`` synthetic cases (numbered from 1) in a BraTS layout into ``out_dir``; returns the case folders."""
     if n < 1:
         raise ValueError(f'number of cases must be positive, got {n}')
+    if pathology not in PATHOLOGIES:
+        raise ValueError(f'unknown pathology {pathology!r}; choose one of {sorted(PATHOLOGIES)}')
     spec = LAYOUTS[canonical_layout(layout)]
     out_dir = Path(out_dir)
     previous = _check_output_folder(out_dir)
@@ -317,10 +360,10 @@ def generate_dataset(out_dir, n: int, layout: str = 'brats2020', seed: int = 0,
     # the marker first: an interrupted run can be re-run into the same folder
     (out_dir / MARKER).write_text(json.dumps({
         'generator': 'nnunet_missingmod.dataset_conversion.synthetic_brats', 'layout': spec.name, 'seed': seed,
-        'shape': list(map(int, shape)), 'spacing_mm': spacing, 'cases': names}, indent=1))
+        'shape': list(map(int, shape)), 'spacing_mm': spacing, 'pathology': pathology, 'cases': names}, indent=1))
     folders = []
     for i, name in enumerate(tqdm(names, desc='synthetic cases', disable=not progress), start=1):
-        case = generate_case(case_rng(seed, i), shape, spacing)
+        case = generate_case(case_rng(seed, i), shape, spacing, pathology)
         folders.append(write_case(case, out_dir, name, spec.name))
     return folders
 
@@ -339,9 +382,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument('--shape', type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=('X', 'Y', 'Z'),
                         help=f'volume size in voxels (default {DEFAULT_SHAPE})')
     parser.add_argument('--spacing', type=float, default=DEFAULT_SPACING, help='isotropic voxel size in mm')
+    parser.add_argument('--pathology', choices=sorted(PATHOLOGIES), default='glioma',
+                        help='glioma (default) or BraTS-METS-like metastases (several small lesions, wide oedema)')
     args = parser.parse_args(argv)
     try:
-        generate_dataset(args.output, args.num_cases, args.layout, args.seed, args.shape, args.spacing)
+        generate_dataset(args.output, args.num_cases, args.layout, args.seed, args.shape, args.spacing,
+                         pathology=args.pathology)
     except ValueError as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
 
