@@ -6,7 +6,9 @@ Usage (source e.g. the unpacked MICCAI_BraTS2020_TrainingData):
 
 All options of `nnUNetv2_mm_convert_brats` apply; id, name and layout (brats2020) are only defaults.
 """
+import sys
+
 from nnunet_missingmod.dataset_conversion.brats import year_main
 
 if __name__ == '__main__':
-    year_main(220, 'BraTS2020', 'brats2020')
+    sys.exit(year_main(220, 'BraTS2020', 'brats2020'))

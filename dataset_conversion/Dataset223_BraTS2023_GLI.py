@@ -6,7 +6,9 @@ Usage (source e.g. the unpacked ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData
 
 All options of `nnUNetv2_mm_convert_brats` apply; id, name and layout (brats2023) are only defaults.
 """
+import sys
+
 from nnunet_missingmod.dataset_conversion.brats import year_main
 
 if __name__ == '__main__':
-    year_main(223, 'BraTS2023_GLI', 'brats2023')
+    sys.exit(year_main(223, 'BraTS2023_GLI', 'brats2023'))

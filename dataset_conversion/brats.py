@@ -18,9 +18,11 @@ segmentation go to ``imagesTr``/``labelsTr``, cases without to ``imagesTs``. Wit
 is written to ``$nnUNet_preprocessed/DatasetXXX_NAME/splits_final.json``; test cases go to ``imagesTs`` with their
 labels in ``labelsTs``.
 
-Safety: every case is read and checked before anything is written (missing/extra files, label values,
-shape/spacing/origin/direction agreement, NaN/Inf); the data set is written into a hidden temporary sibling folder
-and renamed into place at the end, so a failed run leaves nothing behind. The source folder is never written; an
+Safety: every case is read and checked before anything is written (missing/extra files, empty case folders, label
+values, shape/spacing/origin/direction agreement, every voxel of every file decoded - a truncated ``.nii.gz`` is
+refused -, NaN/Inf, cases whose modalities are all zero); the data set is written into a hidden temporary sibling folder
+and renamed into place at the end, so a failed run leaves nothing behind (temporary folders of runs that were
+killed are removed by the next run). The source folder is never written; an
 existing target needs ``--overwrite`` and is then replaced by rename.
 
 Command line::
@@ -42,6 +44,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
+
+from nnunet_missingmod.cli import ArgumentParser, command
 
 #: The package's fixed channel order for BraTS.
 CHANNELS = ('T1', 'T1ce', 'T2', 'FLAIR')
@@ -181,16 +185,21 @@ def find_cases(source: Path, layout: str | None = None) -> tuple[str, list[Sourc
     if not source.is_dir():
         raise ConversionError(f'source folder {source} does not exist or is not a folder')
     expected = canonical_layout(layout) if layout else None
-    folders = []
+    folders, empty = [], []
     for root, dirs, files in os.walk(source):
         dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
         niftis = sorted(f for f in files if _is_nifti(f))
         if niftis:
             folders.append((Path(root), niftis))
+        elif not dirs and Path(root) != source:  # a leaf folder without images: an empty (or broken) case
+            empty.append(Path(root))
     if not folders:
         raise ConversionError(f'source folder {source} is empty: no NIfTI files (.nii.gz/.nii) found in it')
 
     errors, cases, layouts_seen = [], [], {}
+    for folder in empty:
+        errors.append(f'case {folder.name}: empty case folder {folder} (no NIfTI file in it); remove it or add '
+                      f'the case\'s files')
     for folder, niftis in folders:
         if folder == source:
             errors.append(f'{source / niftis[0]}: NIfTI files directly in the source folder; BraTS keeps one '
@@ -245,11 +254,12 @@ def find_cases(source: Path, layout: str | None = None) -> tuple[str, list[Sourc
 
 
 def _join_errors(errors: list[str], limit: int = 25) -> str:
+    """The problems on one line (a command reports an error on one line)."""
     if len(errors) == 1:
         return errors[0]
-    shown = '\n  '.join(errors[:limit])
-    more = f'\n  ... and {len(errors) - limit} more' if len(errors) > limit else ''
-    return f'{len(errors)} problems in the source:\n  {shown}{more}'
+    shown = '; '.join(errors[:limit])
+    more = f'; ... and {len(errors) - limit} more' if len(errors) > limit else ''
+    return f'{len(errors)} problems in the source: {shown}{more}'
 
 
 def _read(path: Path):
@@ -266,6 +276,7 @@ def check_case(case: SourceCase, layout: str) -> dict:
     spec = LAYOUTS[layout]
     reference_role = CHANNELS[0]
     ref = None
+    nonzero = False
     for role in [*CHANNELS, 'seg']:
         if role not in case.files:
             continue
@@ -288,28 +299,37 @@ def check_case(case: SourceCase, layout: str) -> dict:
                     raise ConversionError(f'{where}: {key} {tuple(round(v, 6) for v in geometry[key])} differs from '
                                           f'{tuple(round(v, 6) for v in ref[key])} of {ref_file}')
         array = sitk.GetArrayViewFromImage(img)
-        _check_finite(path, where)
+        values = _check_voxels(path, where)
+        if role != 'seg':
+            nonzero = nonzero or values
         if role == 'seg':
             _check_labels(array, spec.allowed_labels, where)
             labels = sorted(np.unique(array).astype(int).tolist())
+    if not nonzero:
+        raise ConversionError(f'case {case.name}: every modality image is all zero in {case.folder}; a case needs '
+                              f'at least one modality with content')
     return {'case': case.name, 'shape': list(ref['shape']), 'spacing': list(ref['spacing']),
             'labels': labels if 'seg' in case.files else None}
 
 
-def _check_finite(path: Path, where: str) -> None:
-    """NaN/Inf check on the stored values: SimpleITK's NIfTI reader silently turns NaN into 0, so floating-point
-    files are read with nibabel (integer files cannot hold NaN/Inf)."""
+def _check_voxels(path: Path, where: str) -> bool:
+    """Decode every stored voxel with nibabel and check it; returns whether any voxel is non-zero.
+
+    SimpleITK zero-fills a truncated ``.nii.gz`` and silently turns NaN into 0, so the file is decoded again with
+    nibabel, which raises on a truncated or corrupt stream; floating-point files are checked for NaN/Inf.
+    """
     import nibabel as nib
     try:
         img = nib.load(str(path))
-        if img.header.get_data_dtype().kind not in 'fc':
-            return
         data = np.asanyarray(img.dataobj)
-    except Exception as e:  # nibabel cannot read a file SimpleITK could: report, do not guess
-        raise ConversionError(f'{where}: cannot read the voxel values ({e})') from e
-    bad = ~np.isfinite(data)
-    if bad.any():
-        raise ConversionError(f'{where}: {int(bad.sum())} NaN/Inf voxel(s)')
+    except Exception as e:  # nibabel cannot decode a file SimpleITK could: truncated or corrupt
+        raise ConversionError(f'{where}: cannot decode the voxel values, the file is truncated or corrupt '
+                              f'({type(e).__name__}: {str(e).strip() or "no detail"})') from e
+    if data.dtype.kind in 'fc':
+        bad = ~np.isfinite(data)
+        if bad.any():
+            raise ConversionError(f'{where}: {int(bad.sum())} NaN/Inf voxel(s)')
+    return bool(np.any(data))
 
 
 def _check_case_star(args):
@@ -456,6 +476,38 @@ def _write_case(case: SourceCase, layout: str, images: Path, labels: Path | None
         _write_seg(case.files['seg'], labels / f'{case.name}{FILE_ENDING}', layout)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temporary_folders(parent: Path) -> list[Path]:
+    """Remove the ``.DatasetXXX_*.tmp-<pid>`` / ``.old-<pid>`` folders (and ``.*.json.tmp-<pid>`` files) that a
+    killed conversion left in ``parent``: those whose process is gone. Returns what was removed."""
+    import re
+    removed = []
+    if not parent.is_dir():
+        return removed
+    pattern = re.compile(r'^\.(Dataset\d{3}_.+\.(tmp|old)|.+\.json\.tmp)-(\d+)$')
+    for p in sorted(parent.iterdir()):
+        match = pattern.match(p.name)
+        if not match or int(match.group(3)) == os.getpid() or _pid_alive(int(match.group(3))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 def _atomic_write_json(obj, path: Path) -> None:
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     tmp.write_text(json.dumps(obj, indent=4))
@@ -496,6 +548,7 @@ def convert_brats(source, dataset_id: int, name: str | None = None, split=None, 
     check_cases(cases, layout, num_processes, progress)
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporary_folders(target.parent)
     tmp = target.with_name(f'.{folder_name}.tmp-{os.getpid()}')
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -533,6 +586,7 @@ def convert_brats(source, dataset_id: int, name: str | None = None, split=None, 
         raise
     if splits_file is not None:
         splits_file.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporary_folders(splits_file.parent)
         _atomic_write_json([{'train': assignment['train'], 'val': assignment['val']}], splits_file)
     return target
 
@@ -570,7 +624,7 @@ def convert_predictions_to_source(pred_dir, out_dir, layout: str, progress: bool
 
 def _parser(prog: str, dataset_id: int | None = None, name: str | None = None,
             layout: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog, description='Convert a BraTS folder (2018-2021 "_flair/_t1/_t1ce/_t2/_seg" or 2023+ '
                                '"-t1n/-t1c/-t2w/-t2f/-seg") into an nnU-Net v2 raw data set with channels T1, T1ce, '
                                'T2, FLAIR and region-based labels; or, with --to-source, predictions back to the '
@@ -591,35 +645,36 @@ def _parser(prog: str, dataset_id: int | None = None, name: str | None = None,
     return p
 
 
+@command('nnUNetv2_mm_convert_brats')
 def main(argv: Sequence[str] | None = None, prog: str = 'nnUNetv2_mm_convert_brats', dataset_id: int | None = None,
-         name: str | None = None, layout: str | None = None) -> Path | list[Path]:
+         name: str | None = None, layout: str | None = None) -> int:
+    """The command line; returns the exit status (0: written; 1: bad input, one line on stderr, nothing written).
+    From Python, :func:`convert_brats` / :func:`convert_predictions_to_source` return the paths."""
     parser = _parser(prog, dataset_id, name, layout)
     args = parser.parse_args(argv)
-    try:
-        if args.to_source:
-            if not args.layout:
-                parser.error('--to-source needs --layout brats2020 or brats2023')
-            if args.input or args.split:
-                parser.error('--to-source takes no -i/--split')
-            result = convert_predictions_to_source(*args.to_source, args.layout, progress=not args.quiet)
-            print(f'wrote {len(result)} file(s) in the {canonical_layout(args.layout)} convention to '
-                  f'{args.to_source[1]}')
-            return result
-        if not args.input or args.dataset_id is None:
-            parser.error('conversion needs -i SRC and -d ID')
-        result = convert_brats(args.input, args.dataset_id, args.name, args.split, args.overwrite, args.layout,
-                               args.num_processes, progress=not args.quiet)
-        print(f'wrote {result}')
-        return result
-    except (ConversionError, ValueError) as e:
-        parser.exit(1, f'{prog}: error: {e}\n')
+    if args.to_source:
+        if not args.layout:
+            parser.error('--to-source needs --layout brats2020 or brats2023')
+        if args.input or args.split:
+            parser.error('--to-source takes no -i/--split')
+        result = convert_predictions_to_source(*args.to_source, args.layout, progress=not args.quiet)
+        print(f'wrote {len(result)} file(s) in the {canonical_layout(args.layout)} convention to '
+              f'{args.to_source[1]}')
+        return 0
+    if not args.input or args.dataset_id is None:
+        parser.error('conversion needs -i SRC and -d ID')
+    result = convert_brats(args.input, args.dataset_id, args.name, args.split, args.overwrite, args.layout,
+                           args.num_processes, progress=not args.quiet)
+    print(f'wrote {result}')
+    return 0
 
 
-def year_main(dataset_id: int, name: str, layout: str, argv: Iterable[str] | None = None) -> None:
-    """Entry point of the per-release scripts (``Dataset220_BraTS2020.py`` ...): defaults for id, name, layout."""
-    main(list(sys.argv[1:] if argv is None else argv), prog=f'Dataset{dataset_id:03d}_{name}',
-         dataset_id=dataset_id, name=name, layout=layout)
+def year_main(dataset_id: int, name: str, layout: str, argv: Iterable[str] | None = None) -> int:
+    """Entry point of the per-release scripts (``Dataset220_BraTS2020.py`` ...): defaults for id, name, layout;
+    returns the exit status (``sys.exit(year_main(...))``)."""
+    return main(list(sys.argv[1:] if argv is None else argv), prog=f'Dataset{dataset_id:03d}_{name}',
+                dataset_id=dataset_id, name=name, layout=layout)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

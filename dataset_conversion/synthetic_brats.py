@@ -65,6 +65,7 @@ from scipy import fft as sp_fft
 from scipy import ndimage
 from tqdm import tqdm
 
+from nnunet_missingmod.cli import ArgumentParser, command
 from nnunet_missingmod.dataset_conversion.brats import LAYOUTS, canonical_layout
 
 DEFAULT_SHAPE = (80, 96, 64)
@@ -368,8 +369,9 @@ def generate_dataset(out_dir, n: int, layout: str = 'brats2020', seed: int = 0,
     return folders
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+@command('nnUNetv2_mm_synthetic')
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(
         prog='nnUNetv2_mm_synthetic',
         description='Write a synthetic BraTS-like data set (T1, T1ce, T2, FLAIR + segmentation) in a real BraTS '
                     'folder layout; convert it with nnUNetv2_mm_convert_brats.')
@@ -385,12 +387,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument('--pathology', choices=sorted(PATHOLOGIES), default='glioma',
                         help='glioma (default) or BraTS-METS-like metastases (several small lesions, wide oedema)')
     args = parser.parse_args(argv)
-    try:
-        generate_dataset(args.output, args.num_cases, args.layout, args.seed, args.shape, args.spacing,
+    generate_dataset(args.output, args.num_cases, args.layout, args.seed, args.shape, args.spacing,
                          pathology=args.pathology)
-    except ValueError as e:
-        parser.exit(2, f'{parser.prog}: error: {e}\n')
+    return 0
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

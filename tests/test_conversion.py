@@ -232,11 +232,25 @@ def _break(src: Path, kind: str) -> str:
     if kind == 'unreadable':
         t1ce.write_bytes(b'not a nifti file')
         return str(t1ce)
+    if kind == 'truncated':  # SimpleITK zero-fills the missing voxels of a truncated stream
+        data = t1ce.read_bytes()
+        t1ce.write_bytes(data[:len(data) // 2])
+        assert sitk.GetArrayFromImage(sitk.ReadImage(str(t1ce))).shape == SHAPE[::-1]
+        return str(t1ce)
+    if kind == 'all_zero':
+        for p in case.iterdir():
+            if not p.name.endswith('_seg.nii.gz'):
+                _modify(p, lambda a, aff: (np.zeros_like(a), aff))
+        return str(case)
+    if kind == 'empty_folder':
+        for p in case.iterdir():
+            p.unlink()
+        return str(case)
     raise ValueError(kind)
 
 
 BAD_KINDS = ['missing_modality', 'extra_modality', 'duplicate_modality', 'foreign_file', 'label', 'shape', 'spacing',
-             'affine', 'nan', 'inf', 'no_modality', 'unreadable']
+             'affine', 'nan', 'inf', 'no_modality', 'unreadable', 'truncated', 'all_zero', 'empty_folder']
 
 
 @pytest.mark.parametrize('kind', BAD_KINDS)
@@ -251,6 +265,22 @@ def test_bad_input_names_the_file_and_writes_nothing(src, env, kind):
     assert tree_hash(src) == before
     assert not raw.exists() or not any(raw.iterdir()), 'no data set and no temporary folder'
     assert not pre.exists()
+    assert '\n' not in message, 'one line'
+
+
+def test_stale_temporary_folders_of_dead_processes_are_removed(src, env):
+    """A SIGKILLed run leaves its ``.DatasetXXX_*.tmp-<pid>`` behind; the next run removes those of dead processes
+    (and leaves those of running ones)."""
+    raw, _ = env
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
+                          text=True).stdout.strip()
+    stale = [raw / f'.Dataset940_BraTS2020.tmp-{dead}', raw / f'.Dataset777_Other.old-{dead}']
+    for p in stale:
+        (p / 'imagesTr').mkdir(parents=True)
+    running = raw / f'.Dataset778_Other.tmp-{__import__("os").getpid()}'
+    running.mkdir()
+    convert_brats(src, 940, progress=False)
+    assert not any(p.exists() for p in stale) and running.is_dir()
 
 
 def test_bad_targets(src, env, tmp_path, monkeypatch):
