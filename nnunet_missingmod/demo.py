@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command
 from nnunet_missingmod.env import ext_trainer_path
 from nnunet_missingmod.regions import region_name_of_labels
 
@@ -31,7 +32,10 @@ DATASET_NAME = 'Dataset900_SyntheticBraTS'
 def _step(title: str, cmd: list[str], env: dict) -> None:
     print(f"\n=== {title}\n$ {' '.join(cmd)}", flush=True)
     start = time.time()
-    subprocess.run(cmd, env=env, check=True)
+    status = subprocess.run(cmd, env=env).returncode
+    if status != 0:
+        raise CommandError(f"step '{title}' failed with exit status {status} (its messages are above): "
+                           f"{' '.join(cmd)}")
     print(f"--- {title}: {time.time() - start:.0f} s", flush=True)
 
 
@@ -59,8 +63,9 @@ def dice_summary(summary_json: Path) -> dict:
     return {k: v['Dice'] for k, v in summary['mean'].items()}
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+@command('nnUNetv2_mm_demo')
+def main(argv=None) -> int:
+    parser = ArgumentParser(prog='nnUNetv2_mm_demo', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('-o', '--output', default='demo_output', help='work folder (nnU-Net folders go inside)')
     parser.add_argument('-tr', '--trainer', default='nnUNetTrainerModalityDropout')
@@ -75,11 +80,20 @@ def main(argv=None) -> None:
     parser.add_argument('-device', default='cpu', choices=['cpu', 'cuda', 'mps'])
     parser.add_argument('--no-benchmark', action='store_true', help='skip the all-subsets benchmark')
     args = parser.parse_args(argv)
+    if args.cases < 1 or args.test_cases < 0 or args.val_cases < 0:
+        parser.error('-n, --test-cases and --val-cases must not be negative (and -n at least 1)')
+    if args.test_cases + args.val_cases >= args.cases:
+        parser.error(f'--test-cases {args.test_cases} + --val-cases {args.val_cases} leave no training case of '
+                     f'-n {args.cases}')
+    check_device(args.device)
 
     work = Path(args.output).resolve()
+    if work.exists() and not work.is_dir():
+        parser.error(f'-o {work} is a file, not a folder')
     if (work / 'nnUNet_raw' / DATASET_NAME).exists():
         print(f"{work} holds an earlier demo run; it is replaced")
-        for name in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results', 'brats_source'):
+        for name in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results', 'brats_source', 'predictions',
+                     'benchmark'):
             shutil.rmtree(work / name, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     env = demo_environment(work)
@@ -124,7 +138,8 @@ def main(argv=None) -> None:
         print(f"  {region_name_of_labels(dataset_json, region):>3}: {value:.3f}")
     if not args.no_benchmark:
         print(f"All-subsets table: {work / 'benchmark'}")
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
+
+from nnunet_missingmod.cli import ArgumentParser, command
 
 EXT_TRAINER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'training', 'nnUNet_extTrainer')
 
@@ -23,9 +26,12 @@ def enable_ext_trainers() -> None:
     os.environ['nnUNet_extTrainer'] = ext_trainer_path(os.environ.get('nnUNet_extTrainer'))
 
 
-def main():
+@command('nnUNetv2_mm_env')
+def main(argv=None) -> int:
+    ArgumentParser(prog='nnUNetv2_mm_env', description=__doc__.split('\n\n')[0].split(': ', 1)[1]).parse_args(argv)
     print(f"export nnUNet_extTrainer={shlex.quote(ext_trainer_path(os.environ.get('nnUNet_extTrainer')))}")
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

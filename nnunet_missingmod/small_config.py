@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from copy import deepcopy
 
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+from nnunet_missingmod.cli import ArgumentParser, command, dataset_name
 
 #: per-stage lists of the dynamic_network_architectures U-Nets (encoder side / decoder side)
 _ENCODER_LISTS = ('features_per_stage', 'kernel_sizes', 'strides', 'n_conv_per_stage', 'n_blocks_per_stage')
@@ -80,8 +83,9 @@ def add_small_configuration(dataset: str, name: str = '3d_small', plans_identifi
     return path
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+@command('nnUNetv2_mm_small_config')
+def main(argv=None) -> int:
+    parser = ArgumentParser(prog='nnUNetv2_mm_small_config', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('-d', required=True, help='dataset name or ID')
     parser.add_argument('-c', default='3d_small', help='name of the new configuration')
@@ -96,10 +100,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     schedule = {'num_epochs': args.epochs, 'num_iterations_per_epoch': args.iterations,
                 'num_val_iterations_per_epoch': args.val_iterations}
-    path = add_small_configuration(args.d, args.c, args.p, patch_size=args.patch, features=args.features,
+    path = add_small_configuration(dataset_name(args.d), args.c, args.p, patch_size=args.patch, features=args.features,
                                    batch_size=args.batch_size, parent=args.parent, schedule=schedule)
     print(f"added configuration {args.c!r} (inherits from {args.parent}) to {path}")
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
