@@ -1,5 +1,7 @@
-"""Re-exports the CIML trainers for nnU-Net's ``nnUNet_extTrainer`` search (see ``missingmod_trainers.py``)."""
-from nnunet_missingmod.training.ciml_trainer import (  # noqa: F401
-    nnUNetTrainerCIML, nnUNetTrainerCIML_Message, nnUNetTrainerCIML_MessageAttention, nnUNetTrainerCIML_MessageVI,
-    nnUNetTrainerCIML_NoMessage, nnUNetTrainerCIML_TaskMap1, nnUNetTrainerCIML_TaskMap2, nnUNetTrainerCIML_TaskMap3,
-    nnUNetTrainerCIML_TaskMap4, nnUNetTrainerCIML_budget)
+"""Re-exports the CIML trainers
+(those defined in ``nnunet_missingmod.training.ciml_trainer``, found by discovery) for nnU-Net's
+``nnUNet_extTrainer`` search; ``missingmod_trainers.py`` re-exports every trainer."""
+from nnunet_missingmod.training.nnUNet_extTrainer import discover_trainers
+
+globals().update(discover_trainers('nnunet_missingmod.training.ciml_trainer'))
+__all__ = list(discover_trainers('nnunet_missingmod.training.ciml_trainer'))

@@ -1,6 +1,7 @@
-"""Re-exports the multi-encoder fusion trainers for nnU-Net's ``nnUNet_extTrainer`` search (see missingmod_trainers)."""
-from nnunet_missingmod.training.fusion_trainers import (  # noqa: F401
-    nnUNetTrainerAttentionFusion, nnUNetTrainerConcatFusion, nnUNetTrainerSMSN, nnUNetTrainerSMSN_bottleneck64_64,
-    nnUNetTrainerSMSN_bottleneck64_128, nnUNetTrainerSMSN_bottleneck256_512, nnUNetTrainerSMSN_bottleneck512_512,
-    nnUNetTrainerSMSN_fixed1, nnUNetTrainerSMSN_fixed2, nnUNetTrainerSMSN_noLo, nnUNetTrainerSMSN_noLr,
-    nnUNetTrainerSMSN_noReorder, nnUNetTrainerSMSN_noSpecific, nnUNetTrainerSMSN_randomOnly)
+"""Re-exports the multi-encoder fusion trainers
+(those defined in ``nnunet_missingmod.training.fusion_trainers``, found by discovery) for nnU-Net's
+``nnUNet_extTrainer`` search; ``missingmod_trainers.py`` re-exports every trainer."""
+from nnunet_missingmod.training.nnUNet_extTrainer import discover_trainers
+
+globals().update(discover_trainers('nnunet_missingmod.training.fusion_trainers'))
+__all__ = list(discover_trainers('nnunet_missingmod.training.fusion_trainers'))
