@@ -13,12 +13,15 @@ stock ``nnUNetTrainer`` included (its network just sees zero-filled channels).
 
 Outputs in ``-o``: ``per_case.csv``, ``summary.json``, ``table_dice.md/.tex``, ``table_hd95.md/.tex``,
 ``heatmap_dice.png``, ``dice_vs_missing.png`` (see :func:`nnunet_missingmod.evaluation.tables.write_reports`) and,
-with ``--save_predictions``, ``predictions/<subset>/<case><file_ending>``.
+with ``--save_predictions``, ``predictions/<subset>/<case><file_ending>``. A non-empty ``-o`` is refused unless
+``--overwrite``, which first removes these outputs of an earlier run (other files are left alone). Every reference
+label map is read and its label values checked before the first prediction.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from typing import Iterator, List, Sequence, Tuple
 
@@ -32,6 +35,7 @@ from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
 from nnunet_missingmod.env import enable_ext_trainers
 from nnunet_missingmod.evaluation.metrics import HD95_EMPTY_CHOICES, all_labels_of, empty_hd95_value, evaluate_case
 from nnunet_missingmod.evaluation.tables import write_reports
@@ -42,6 +46,36 @@ from nnunet_missingmod.modalities import (MODALITY_ORDERS, all_subsets, channel_
 from nnunet_missingmod.regions import dataset_regions
 
 Case = Tuple[str, torch.Tensor, dict, str]  # identifier, preprocessed data, properties, reference file
+#: what the benchmark writes into ``-o`` (``--overwrite`` removes exactly these)
+OUTPUT_NAMES = ('per_case.csv', 'summary.json', 'table_dice.md', 'table_dice.tex', 'table_hd95.md', 'table_hd95.tex',
+                'heatmap_dice.png', 'dice_vs_missing.png', 'predictions')
+
+
+def prepare_output_folder(folder: str, overwrite: bool) -> None:
+    """Refuse a non-empty ``folder`` (:class:`CommandError`) unless ``overwrite``, which removes the outputs of an
+    earlier benchmark there (:data:`OUTPUT_NAMES`; other files stay)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise CommandError(f"-o {folder} is a file, not a folder")
+    if not os.path.isdir(folder) or not os.listdir(folder):
+        return
+    if not overwrite:
+        raise CommandError(f"output folder {folder} is not empty ({', '.join(sorted(os.listdir(folder))[:5])}"
+                           f"{' ...' if len(os.listdir(folder)) > 5 else ''}); use --overwrite to replace an earlier "
+                           f"benchmark there, or choose an empty folder")
+    for name in OUTPUT_NAMES:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+
+def check_references(predictor: MissingModalityPredictor, files: Sequence[str], allowed_labels: Sequence[int]
+                     ) -> None:
+    """Read every reference label map and check its label values, before anything is predicted."""
+    reader_writer = predictor.plans_manager.image_reader_writer_class()
+    for path in files:
+        _load_reference(reader_writer, path, allowed_labels)
 
 
 def benchmark_subsets(names: Sequence[str], order: str = 'paper', restrict: Sequence[str] | None = None
@@ -58,7 +92,11 @@ def benchmark_subsets(names: Sequence[str], order: str = 'paper', restrict: Sequ
 def _load_reference(reader_writer, path: str, allowed_labels: Sequence[int]) -> Tuple[np.ndarray, List[float]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"reference segmentation {path} does not exist")
-    seg, properties = reader_writer.read_seg(path)
+    try:
+        seg, properties = reader_writer.read_seg(path)
+    except Exception as e:  # noqa: BLE001 - an unreadable reference is bad input, named
+        raise ValueError(f"reference segmentation {path} cannot be read ({type(e).__name__}: "
+                         f"{' '.join(str(e).split()) or 'no detail'})") from e
     seg = seg[0]
     unexpected = sorted(set(np.unique(seg).tolist()) - set(allowed_labels) - {0})
     if unexpected:
@@ -102,6 +140,21 @@ def raw_test_cases(predictor: MissingModalityPredictor, images: str, labels: str
     dataset_json = predictor.dataset_json
     names = modality_names(dataset_json)
     ending = dataset_json['file_ending']
+    cases = scan_test_folder(images, labels, dataset_json)
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    for case in sorted(cases):
+        files = [cases[case][c] for c in range(len(names))]
+        data, _, properties = preprocessor.run_case(files, None, predictor.plans_manager,
+                                                    predictor.configuration_manager, dataset_json)
+        yield case, torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), properties, \
+            os.path.join(labels, case + ending)
+
+
+def scan_test_folder(images: str, labels: str, dataset_json: dict) -> dict:
+    """``{case: {channel: path}}`` of a raw test folder; FileNotFoundError naming the case for an incomplete case
+    or an absent reference."""
+    names = modality_names(dataset_json)
+    ending = dataset_json['file_ending']
     cases = scan_input_folder(images, ending, len(names))
     if not cases:
         raise FileNotFoundError(f"no CASE_XXXX{ending} files in {images}")
@@ -112,13 +165,7 @@ def raw_test_cases(predictor: MissingModalityPredictor, images: str, labels: str
                                     f"complete cases (it drops modalities itself)")
         if not os.path.isfile(os.path.join(labels, case + ending)):
             raise FileNotFoundError(f"case {case}: no reference {os.path.join(labels, case + ending)}")
-    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    for case in sorted(cases):
-        files = [cases[case][c] for c in range(len(names))]
-        data, _, properties = preprocessor.run_case(files, None, predictor.plans_manager,
-                                                    predictor.configuration_manager, dataset_json)
-        yield case, torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), properties, \
-            os.path.join(labels, case + ending)
+    return cases
 
 
 def predict_subset(predictor: MissingModalityPredictor, data: torch.Tensor, properties: dict,
@@ -165,10 +212,14 @@ def run_benchmark(predictors_and_cases, subsets: Sequence[Tuple[str, Tuple[int, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
+        prog='nnUNetv2_mm_benchmark',
         description='Missing-modality benchmark: Dice and HD95 under every non-empty modality subset.')
     add_nnunet_predict_arguments(parser)
-    parser.add_argument('-o', type=str, required=True, help='output folder of the reports')
+    parser.add_argument('-o', type=str, required=True, help='output folder of the reports (empty or new, or see '
+                                                            '--overwrite)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='-o may hold an earlier benchmark: its reports and predictions/ are removed first')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('-i', type=str, help='test images in nnU-Net raw layout (needs -l)')
     source.add_argument('--val', action='store_true',
@@ -192,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command('nnUNetv2_mm_benchmark')
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -202,11 +254,18 @@ def main(argv=None) -> int:
     except ValueError as e:
         parser.error(str(e))
     hd95_empty = args.hd95_empty if args.hd95_empty in HD95_EMPTY_CHOICES else float(args.hd95_empty)
+    check_device(args.device)
     enable_ext_trainers()
+    if args.i and not os.path.isdir(args.i):
+        raise CommandError(f"input folder {args.i} does not exist")
+    if args.l and not os.path.isdir(args.l):
+        raise CommandError(f"label folder {args.l} does not exist")
+    if args.val and 'all' in args.f:
+        parser.error("--val needs cross-validation folds; fold 'all' has no validation cases")
+    if not args.overwrite:
+        prepare_output_folder(args.o, False)  # a non-empty -o is refused before the model is loaded
 
     if args.val:
-        if 'all' in args.f:
-            parser.error("--val needs cross-validation folds; fold 'all' has no validation cases")
         predictors = [make_predictor(args, [f]) for f in args.f]
     else:
         predictors = [make_predictor(args)]
@@ -220,33 +279,29 @@ def main(argv=None) -> int:
         parser.error(f"--subsets {args.subsets} selects no subset")
     regions = dataset_regions(dataset_json)
 
+    ending = dataset_json['file_ending']
     if args.val:
-        folder = preprocessed_dataset_folder(args.d)
-        try:
-            keys = [validation_keys(folder, int(f)) for f in args.f]
-        except (FileNotFoundError, ValueError) as e:
-            parser.error(str(e))
+        folder = preprocessed_dataset_folder(dataset_name(args.d))
+        keys = [validation_keys(folder, int(f)) for f in args.f]
+        references = [os.path.join(folder, 'gt_segmentations', k + ending) for ks in keys for k in ks]
         jobs = [(p, validation_cases(p, folder, int(f), k), len(k)) for p, f, k in zip(predictors, args.f, keys)]
     else:
-        try:
-            n_cases = len(scan_input_folder(args.i, dataset_json['file_ending'], len(names)))
-        except (FileNotFoundError, ValueError) as e:
-            parser.error(str(e))
-        jobs = [(predictors[0], raw_test_cases(predictors[0], args.i, args.l), n_cases)]
+        cases = scan_test_folder(args.i, args.l, dataset_json)
+        references = [os.path.join(args.l, case + ending) for case in sorted(cases)]
+        jobs = [(predictors[0], raw_test_cases(predictors[0], args.i, args.l), len(cases))]
+    # bad references (absent, unreadable, unexpected label values) are refused before the first prediction
+    check_references(predictors[0], references, all_labels_of(regions))
 
+    prepare_output_folder(args.o, args.overwrite)
     os.makedirs(args.o, exist_ok=True)
-    try:
-        rows = run_benchmark(jobs, subsets, regions, len(names), hd95_empty, args.et_postprocess,
-                             args.et_postprocess_mode,
-                             os.path.join(args.o, 'predictions') if args.save_predictions else None,
-                             progress=not args.disable_progress_bar)
-    except (FileNotFoundError, ValueError) as e:  # bad input: missing files, label values, shapes
-        print(f"nnUNetv2_mm_benchmark: error: {e}", file=sys.stderr)
-        return 1
+    rows = run_benchmark(jobs, subsets, regions, len(names), hd95_empty, args.et_postprocess,
+                         args.et_postprocess_mode,
+                         os.path.join(args.o, 'predictions') if args.save_predictions else None,
+                         progress=not args.disable_progress_bar)
     subset_names = [n for n, _ in subsets]
     n_missing = {n: len(names) - len(s) for n, s in subsets}
     write_reports(rows, subset_names, n_missing, [r for r, _ in regions], args.o,
-                            model={'dataset': maybe_convert_to_dataset_name(args.d), 'configuration': args.c,
+                            model={'dataset': dataset_name(args.d), 'configuration': args.c,
                                    'trainer': args.tr, 'plans': args.p, 'folds': [str(f) for f in args.f],
                                    'checkpoint': args.chk, 'tta': not args.disable_tta},
                             evaluation={'source': 'val' if args.val else os.path.abspath(args.i),

@@ -13,7 +13,6 @@ Both run as console commands in subprocesses, start-up included, as a user would
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,6 +21,8 @@ import sys
 import time
 
 from tqdm import tqdm
+
+from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
 
 
 def zero_filled_copy(cases: dict, subset, dataset_json: dict, output: str) -> None:
@@ -47,74 +48,71 @@ def _timed(cmd: list) -> float:
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+        raise CommandError(f"{cmd[0]} failed with exit status {proc.returncode}: "
+                           f"{lines[-1] if lines else 'no message'} (command: {' '.join(map(str, cmd))})")
     return time.perf_counter() - start
 
 
+#: the model / runtime flags both timed commands take (nnUNetv2_predict's own ones)
+MODEL_FLAGS = ('-d', '-p', '-tr', '-c', '-f', '-chk', '-step_size', '--disable_tta', '-device')
+
+
+@command('nnUNetv2_mm_benchmark_cost')
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('-d', required=True, help='dataset name or ID')
-    parser.add_argument('-c', required=True, help='configuration')
-    parser.add_argument('-tr', default='nnUNetTrainer', help='trainer')
-    parser.add_argument('-p', default='nnUNetPlans', help='plans identifier')
-    parser.add_argument('-f', nargs='+', default=['0'], help='folds')
+    from nnunet_missingmod.inference.predict import add_nnunet_predict_arguments
+    parser = ArgumentParser(prog='nnUNetv2_mm_benchmark_cost', description=__doc__.split('\n\n')[0])
+    add_nnunet_predict_arguments(parser, only=MODEL_FLAGS)
     parser.add_argument('-i', required=True, help='test images (nnU-Net raw layout, every modality present)')
     parser.add_argument('-l', required=True, help='reference label maps of -i')
     parser.add_argument('-o', required=True, help='work folder; cost.json is written here')
-    parser.add_argument('-device', default='cuda', choices=['cpu', 'cuda', 'mps'])
-    parser.add_argument('--disable_tta', action='store_true', help='no mirroring, for both')
     parser.add_argument('--subsets', nargs='+', default=None, help='only these subsets (default: all)')
     args = parser.parse_args(argv)
+    check_device(args.device)
 
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.paths import nnUNet_raw
 
     from nnunet_missingmod.env import enable_ext_trainers
     from nnunet_missingmod.evaluation.benchmark import benchmark_subsets
-    from nnunet_missingmod.inference.predict import scan_input_folder
+    from nnunet_missingmod.inference.predict import check_model, scan_input_folder
     from nnunet_missingmod.modalities import modality_names
 
     enable_ext_trainers()  # nnUNetv2_predict must find our trainers
 
-    try:
-        dataset_json_file = os.path.join(nnUNet_raw or '', maybe_convert_to_dataset_name(args.d), 'dataset.json')
-    except RuntimeError as e:  # unknown data set id; nnU-Net's message names the folders it searched
-        parser.error(str(e))
+    dataset_json_file = os.path.join(nnUNet_raw or '', dataset_name(args.d), 'dataset.json')
     if not os.path.isfile(dataset_json_file):
-        parser.error(f"{dataset_json_file}: no dataset.json (is nnUNet_raw set?)")
+        raise CommandError(f"{dataset_json_file}: no dataset.json (is nnUNet_raw set?)")
     with open(dataset_json_file) as f:
         dataset_json = json.load(f)
     names = modality_names(dataset_json)
-    try:
-        subsets = benchmark_subsets(names, 'paper', args.subsets)
-        cases = scan_input_folder(args.i, dataset_json['file_ending'], len(names))
-        incomplete = {case: sorted(set(range(len(names))) - set(files))
-                      for case, files in cases.items() if len(files) < len(names)}
-    except (FileNotFoundError, ValueError) as e:
-        parser.error(str(e))
+    subsets = benchmark_subsets(names, 'paper', args.subsets)
+    cases = scan_input_folder(args.i, dataset_json['file_ending'], len(names))
+    incomplete = {case: sorted(set(range(len(names))) - set(files))
+                  for case, files in cases.items() if len(files) < len(names)}
     if not subsets:
         parser.error(f"--subsets {args.subsets} selects no subset")
+    if not cases:
+        raise CommandError(f"no CASE_XXXX{dataset_json['file_ending']} files in {args.i}")
     if incomplete:
-        parser.error(f"{args.i}: every modality must be present for the comparison; missing channels {incomplete}")
-    model = ['-d', args.d, '-c', args.c, '-tr', args.tr, '-p', args.p, '-f', *args.f, '-device', args.device,
+        raise CommandError(f"{args.i}: every modality must be present for the comparison; missing channels "
+                           f"{incomplete}")
+    check_model(args.d, args.tr, args.p, args.c, args.f, args.chk)
+    model = ['-d', args.d, '-c', args.c, '-tr', args.tr, '-p', args.p, '-f', *map(str, args.f), '-chk', args.chk,
+             '-step_size', str(args.step_size), '-device', args.device,
              *(['--disable_tta'] if args.disable_tta else [])]
     work = os.path.abspath(args.o)
     os.makedirs(work, exist_ok=True)
 
     print(f"nnUNetv2_mm_benchmark over {len(subsets)} subsets ...", flush=True)
-    try:
-        benchmark_s = _timed(['nnUNetv2_mm_benchmark', *model, '-i', args.i, '-l', args.l, '-o',
-                              os.path.join(work, 'benchmark'), '--subsets', *[n for n, _ in subsets],
-                              '--disable_progress_bar'])
-        per_subset = {}
-        for name, subset in tqdm(subsets, desc='nnUNetv2_predict per subset'):
-            folder = os.path.join(work, 'inputs', name)
-            zero_filled_copy(cases, subset, dataset_json, folder)
-            per_subset[name] = _timed(['nnUNetv2_predict', *model, '-i', folder, '-o',
-                                       os.path.join(work, 'predictions', name), '--disable_progress_bar'])
-    except (RuntimeError, ValueError) as e:
-        print(f"nnUNetv2_mm_benchmark_cost: error: {e}", file=sys.stderr)
-        return 1
+    benchmark_s = _timed(['nnUNetv2_mm_benchmark', *model, '-i', args.i, '-l', args.l, '-o',
+                          os.path.join(work, 'benchmark'), '--overwrite', '--subsets', *[n for n, _ in subsets],
+                          '--disable_progress_bar'])
+    per_subset = {}
+    for name, subset in tqdm(subsets, desc='nnUNetv2_predict per subset'):
+        folder = os.path.join(work, 'inputs', name)
+        zero_filled_copy(cases, subset, dataset_json, folder)
+        per_subset[name] = _timed(['nnUNetv2_predict', *model, '-i', folder, '-o',
+                                   os.path.join(work, 'predictions', name), '--disable_progress_bar'])
     predict_s = sum(per_subset.values())
     result = {'benchmark_s': benchmark_s, 'predict_s': predict_s, 'predict_over_benchmark': predict_s / benchmark_s,
               'predict_s_per_subset': per_subset, 'settings': vars(args), 'date': time.strftime('%Y-%m-%d')}

@@ -1,7 +1,9 @@
 """``nnUNetv2_mm_perf``: parameters, FLOPs, step time, peak memory and prediction time of trainers, side by side.
 
 Every trainer is measured in a fresh subprocess (so peak-memory figures do not leak from one to the next) on the
-same plans, configuration, device and real training batch from nnU-Net's own data loader:
+same plans, configuration, device and real training batch from nnU-Net's own data loader (fold ``all``: no
+cross-validation split is needed, so data sets with fewer than five training cases work; the trainers' logs go to a
+temporary ``nnUNet_results``, never to the real one):
 
 * parameters: ``sum(p.numel())`` of the network nnU-Net builds for the trainer;
 * FLOPs: ``torch.utils.flop_counter`` for one forward pass of one patch (eval mode, all modalities present);
@@ -11,7 +13,9 @@ same plans, configuration, device and real training batch from nnU-Net's own dat
   set size over the training steps (includes allocator caching, so treat small differences with care);
 * prediction: wall time of nnU-Net's sliding-window prediction of one preprocessed case (no mirroring).
 
-Results are printed and written as Markdown and JSON with the ratio of each figure to ``nnUNetTrainer``.
+Results are printed and written as Markdown and JSON with the ratio of each figure to ``nnUNetTrainer``. By default
+``nnUNetTrainer`` and every method trainer of this package are measured: the subclasses of
+``nnUNetTrainerMissingModality`` found in ``nnunet_missingmod.training`` (see :func:`default_trainers`).
 """
 from __future__ import annotations
 
@@ -22,12 +26,25 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_TRAINERS = ('nnUNetTrainer', 'nnUNetTrainerModalityDropout', 'nnUNetTrainerConcatFusion',
-                    'nnUNetTrainerAttentionFusion', 'nnUNetTrainerSMSN', 'nnUNetTrainerHolderMI',
-                    'nnUNetTrainerHolderMI_budget', 'nnUNetTrainerCIML', 'nnUNetTrainerCIML_budget')
+from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
+
+
+def default_trainers() -> list[str]:
+    """``nnUNetTrainer`` and the method trainers of this package, found (not listed): every subclass of
+    ``nnUNetTrainerMissingModality`` defined in ``nnunet_missingmod.training`` whose name is a method
+    (``nnUNetTrainer<Method>``) or a method's ``_budget`` configuration; the ablation variants
+    (``nnUNetTrainer<Method>_<variant>``) are left to ``-tr``."""
+    from nnunet_missingmod.training.missing_modality_trainer import nnUNetTrainerMissingModality
+    from nnunet_missingmod.training.nnUNet_extTrainer import discover_trainers
+    found = [name for name, cls in discover_trainers().items() if cls is not nnUNetTrainerMissingModality
+             and ('_' not in name or name.endswith('_budget'))]
+    return ['nnUNetTrainer'] + found
+
+
 FIGURES = ('parameters', 'gflops_per_patch', 'step_s', 'peak_memory_mb', 'predict_s')
 #: DESIGN.md's compute budget: the largest allowed ratio to ``nnUNetTrainer`` of each figure
 BUDGET = {'step_s': 1.3, 'peak_memory_mb': 1.5, 'predict_s': 1.3}
@@ -56,7 +73,8 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
     os.environ['nnUNet_n_proc_DA'] = '0'
     torch.manual_seed(0)
     dev = torch.device(device)
-    trainer = get_trainer_from_args(dataset, configuration, 0, trainer_name, plans, device=dev)
+    # fold 'all': nnU-Net's 5-fold split needs at least five training cases, a measurement needs no split
+    trainer = get_trainer_from_args(dataset, configuration, 'all', trainer_name, plans, device=dev)
     trainer.initialize()
     loader, _ = trainer.get_dataloaders()
     batch = next(loader)
@@ -151,14 +169,12 @@ def markdown_table(results: dict, header: str) -> str:
     return '\n'.join(lines) + f'\n\nbudget (DESIGN.md): {limits} of nnUNetTrainer\n'
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('-d', required=True, help='dataset name or ID (planned and preprocessed)')
-    parser.add_argument('-c', default='3d_fullres', help='configuration')
-    parser.add_argument('-p', default='nnUNetPlans', help='plans identifier')
-    parser.add_argument('-tr', nargs='+', default=list(DEFAULT_TRAINERS), help='trainers (nnUNetTrainer is added)')
-    parser.add_argument('-device', default='cpu', choices=['cpu', 'cuda'])
+@command('nnUNetv2_mm_perf')
+def main(argv=None) -> int:
+    from nnunet_missingmod.inference.predict import add_nnunet_predict_arguments
+    parser = ArgumentParser(prog='nnUNetv2_mm_perf', description=__doc__.split('\n\n')[0],
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_nnunet_predict_arguments(parser, only=('-d', '-p', '-tr', '-c', '-device'), several_trainers=True)
     parser.add_argument('--steps', type=int, default=5, help='timed training steps per trainer')
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('-o', default='perf', help='output folder for perf.md and perf.json')
@@ -166,19 +182,30 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(measure(args.d, args.c, args.tr[0], args.p, args.device, args.steps, args.warmup)))
-        return
+        return 0
+    check_device(args.device)
+    from nnunetv2.paths import nnUNet_preprocessed
+    plans_file = os.path.join(nnUNet_preprocessed or '', dataset_name(args.d), args.p + '.json')
+    if not os.path.isfile(plans_file):
+        raise CommandError(f'{plans_file} does not exist: run nnUNetv2_plan_and_preprocess -d {args.d} first')
+    configurations = json.loads(Path(plans_file).read_text())['configurations']
+    if args.c not in configurations:
+        raise CommandError(f'{plans_file} has no configuration {args.c!r} (it has {", ".join(configurations)})')
 
-    trainers = ['nnUNetTrainer'] + [t for t in args.tr if t != 'nnUNetTrainer']
+    trainers = ['nnUNetTrainer'] + [t for t in (args.tr or default_trainers()) if t != 'nnUNetTrainer']
     results = {}
-    for trainer in trainers:
-        print(f'measuring {trainer} ...', flush=True)
-        cmd = [sys.executable, '-m', 'nnunet_missingmod.evaluation.perf', '--worker', '-d', args.d, '-c', args.c,
-               '-p', args.p, '-tr', trainer, '-device', args.device, '--steps', str(args.steps),
-               '--warmup', str(args.warmup)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f'measuring {trainer} failed:\n{proc.stderr[-3000:]}')
-        results[trainer] = json.loads(proc.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory(prefix='mm_perf_results_') as scratch:
+        env = {**os.environ, 'nnUNet_results': scratch}  # the trainers' logs (fold_all) stay out of nnUNet_results
+        for trainer in trainers:
+            print(f'measuring {trainer} ...', flush=True)
+            cmd = [sys.executable, '-m', 'nnunet_missingmod.evaluation.perf', '--worker', '-d', args.d, '-c', args.c,
+                   '-p', args.p, '-tr', trainer, '-device', args.device, '--steps', str(args.steps),
+                   '--warmup', str(args.warmup)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+                raise CommandError(f'measuring {trainer} failed: {lines[-1] if lines else "no message"}')
+            results[trainer] = json.loads(proc.stdout.strip().splitlines()[-1])
     out = Path(args.o)
     out.mkdir(parents=True, exist_ok=True)
     header = (f'Dataset {args.d}, configuration {args.c}, device {args.device} ({device_description(args.device)}), '
@@ -188,7 +215,8 @@ def main(argv=None) -> None:
     (out / 'perf.json').write_text(json.dumps({'settings': vars(args), 'results': results,
                                                'ratios': ratios(results)}, indent=2))
     print(table)
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -18,15 +18,16 @@ The analysis runs on one patch of the configuration's patch size (centred on the
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
+import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from nnunet_missingmod.cli import command
 from nnunet_missingmod.modalities import detect_availability, modality_index, zero_missing
 from nnunet_missingmod.networks.ciml import CIMLNetwork
 
@@ -225,27 +226,37 @@ def run(model_folder: str, fold, output_folder: str, image_files: Optional[Seque
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-m', '--model', required=True, help='trained CIML model folder (Trainer__Plans__config)')
-    parser.add_argument('-f', '--fold', default='0', help="fold to load (default 0; 'all' allowed)")
+@command('nnUNetv2_mm_ciml_gradcam')
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import re
+
+    from nnunet_missingmod.cli import ArgumentParser, check_device
+    from nnunet_missingmod.inference.predict import add_missing_argument, add_nnunet_predict_arguments, check_model
+    parser = ArgumentParser(prog='nnUNetv2_mm_ciml_gradcam', description=__doc__.split('\n\n')[0],
+                            epilog='The model flags are those of nnUNetv2_predict / nnUNetv2_mm_predict; this command '
+                                   'analyses one model, so -tr defaults to nnUNetTrainerCIML and -f to 0 (one fold).')
+    add_nnunet_predict_arguments(parser, only=('-d', '-p', '-tr', '-c', '-f', '-chk', '-device'))
+    parser.set_defaults(tr='nnUNetTrainerCIML', f=['0'])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('-i', '--images', nargs='+', help='one image file per modality, in channel order')
-    source.add_argument('-c', '--case', help="case id in $nnUNet_raw/<dataset>/imagesTr or imagesTs")
+    source.add_argument('--case', help="case id in $nnUNet_raw/<dataset>/imagesTr or imagesTs")
     parser.add_argument('-o', '--output', required=True, help='output folder for the PNGs and the JSON')
-    parser.add_argument('-chk', '--checkpoint', default='checkpoint_final.pth')
     parser.add_argument('--center', nargs='+', type=int, help='patch centre (voxel indices of the preprocessed case)')
-    parser.add_argument('--missing', nargs='*', default=[], help='modality names to treat as missing')
-    parser.add_argument('-device', default='cpu', choices=['cpu', 'cuda', 'mps'])
+    add_missing_argument(parser)
     args = parser.parse_args(argv)
-    fold = args.fold if args.fold == 'all' else int(args.fold)
-    result = run(args.model, fold, args.output, args.images, args.case, args.checkpoint, args.center, args.missing,
+    if len(args.f) != 1:
+        parser.error(f'-f {" ".join(map(str, args.f))}: the analysis uses one fold')
+    check_device(args.device)
+    model_folder = check_model(args.d, args.tr, args.p, args.c, args.f, args.chk)
+    fold = args.f[0] if str(args.f[0]) == 'all' else int(args.f[0])
+    missing = [n.strip() for n in re.split(r'[,+]', args.missing or '') if n.strip()]
+    result = run(model_folder, fold, args.output, args.images, args.case, args.chk, args.center, missing,
                  args.device)
     for p in result['pairs']:
         print(f"{p['primary']:>8} -> {p['region']:<18} " +
               ', '.join(f"{n} {w:.3f}" for n, w in p['weights'].items()))
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

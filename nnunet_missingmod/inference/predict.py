@@ -13,8 +13,9 @@ derived from all-zero channels of the whole case.
 * accepts cases whose missing modality files are simply absent (``case_0002.nii.gz`` not there): the channel is
   filled with zeros in the geometry of a present modality of that case;
 * ``--missing T1,FLAIR`` drops modalities (by their dataset.json names) from every case;
-* refuses a case with no modality at all (all files absent, dropped or all-zero) with a message naming the case,
-  predicts the other cases, and exits with status 1 at the end.
+* refuses a case with no modality at all (all files absent, dropped or all-zero), or a malformed case (an
+  unreadable file, modalities of different shapes or spacings, NaN/Inf voxels) with a message naming the case,
+  predicts the other cases, and exits with status 1 at the end naming the refused cases.
 
 It writes ``missing_modalities.json`` next to the predictions: per case, the modalities used and those that were
 zero-filled (absent file, ``--missing`` or an all-zero image), and the refused cases.
@@ -39,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.file_path_utilities import get_output_folder
 
+from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
 from nnunet_missingmod.env import enable_ext_trainers
 from nnunet_missingmod.modalities import case_availability, modality_index, modality_names
 from nnunet_missingmod.networks.base import MissingModalityNetwork
@@ -146,7 +148,11 @@ def prepare_case_files(case: str, files: Dict[int, str], names: Sequence[str], d
         elif c in dropped:
             reasons[names[c]] = '--missing'
         else:
-            image, properties = reader_writer.read_images([files[c]])
+            try:
+                image, properties = reader_writer.read_images([files[c]])
+            except Exception as e:  # noqa: BLE001 - any reader failure refuses this case only
+                raise ValueError(f"case {case}: cannot read {files[c]} ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split()) or 'no detail'})") from e
             if not np.isfinite(image).all():
                 raise ValueError(f"case {case}: {files[c]} contains NaN or Inf voxels")
             if not np.any(image):
@@ -154,7 +160,16 @@ def prepare_case_files(case: str, files: Dict[int, str], names: Sequence[str], d
             else:
                 used.append(names[c])
             if geometry is None:
-                geometry = (image.shape[1:], properties)
+                geometry = (image.shape[1:], properties, files[c])
+            else:
+                shape, first, first_file = geometry
+                if image.shape[1:] != shape:
+                    raise ValueError(f"case {case}: {files[c]} has shape {tuple(image.shape[1:])}, {first_file} "
+                                     f"has {tuple(shape)}; the modalities of a case must have one geometry")
+                if not np.allclose(properties['spacing'], first['spacing'], rtol=0, atol=1e-4):
+                    raise ValueError(f"case {case}: {files[c]} has spacing {tuple(properties['spacing'])}, "
+                                     f"{first_file} has {tuple(first['spacing'])}; the modalities of a case must "
+                                     f"have one geometry")
     if not used:
         raise ValueError(f"case {case}: no modality at all (" +
                          ', '.join(f'{n}: {r}' for n, r in reasons.items()) + "); refusing to predict it")
@@ -166,7 +181,7 @@ def prepare_case_files(case: str, files: Dict[int, str], names: Sequence[str], d
                 zero.append(names[c])
             continue
         path = os.path.join(zero_folder, f'{case}_{c:04d}{file_ending}')
-        shape, properties = geometry
+        shape, properties, _ = geometry
         reader_writer.write_seg(np.zeros(shape, dtype=np.uint8), path, properties)
         out.append(path)
         zero.append(names[c])
@@ -174,25 +189,66 @@ def prepare_case_files(case: str, files: Dict[int, str], names: Sequence[str], d
 
 
 # ----------------------------------------------------------------------------------------------- command line
-def add_nnunet_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model / runtime arguments of ``nnUNetv2_predict`` (same names, same defaults)."""
-    parser.add_argument('-d', type=str, required=True, help='dataset name or ID')
-    parser.add_argument('-p', type=str, default='nnUNetPlans', help='plans identifier')
-    parser.add_argument('-tr', type=str, default='nnUNetTrainer', help='trainer class used for training')
-    parser.add_argument('-c', type=str, required=True, help='nnU-Net configuration')
-    parser.add_argument('-f', nargs='+', type=str, default=(0, 1, 2, 3, 4), help='folds to use (ensembled)')
-    parser.add_argument('-step_size', type=float, default=0.5, help='sliding-window step size')
-    parser.add_argument('--disable_tta', action='store_true', help='disable mirroring test-time augmentation')
-    parser.add_argument('--verbose', action='store_true', help='talk a lot')
-    parser.add_argument('-chk', type=str, default='checkpoint_final.pth', help='checkpoint name')
-    parser.add_argument('-device', type=str, default='cuda', help="'cuda', 'cpu' or 'mps'")
-    parser.add_argument('--disable_progress_bar', action='store_true', help='no tqdm progress bars')
-    parser.add_argument('--not_on_device', action='store_true', help='keep result arrays off the GPU')
+#: the flags of :func:`add_nnunet_predict_arguments`: the model, then the runtime
+PREDICT_FLAGS = ('-d', '-p', '-tr', '-c', '-f', '-chk', '-step_size', '--disable_tta', '--verbose', '-device',
+                 '--disable_progress_bar', '--not_on_device')
+
+
+def add_nnunet_predict_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None,
+                                 several_trainers: bool = False) -> None:
+    """The model / runtime arguments of ``nnUNetv2_predict`` (same names, same defaults, same meaning), the one
+    definition every command of this package uses.
+
+    ``only``: the subset of :data:`PREDICT_FLAGS` a command needs (default all). ``several_trainers``: ``-tr``
+    takes one or more trainer names (``nnUNetv2_mm_perf``); its default is then None (the command's own list).
+    """
+    only = PREDICT_FLAGS if only is None else tuple(only)
+    unknown = sorted(set(only) - set(PREDICT_FLAGS))
+    if unknown:
+        raise ValueError(f"unknown predict flag(s) {unknown}; choose from {PREDICT_FLAGS}")
+    add = {
+        '-d': lambda: parser.add_argument('-d', type=str, required=True, help='dataset name or ID'),
+        '-p': lambda: parser.add_argument('-p', type=str, default='nnUNetPlans', help='plans identifier'),
+        '-tr': lambda: (parser.add_argument('-tr', type=str, nargs='+', default=None,
+                                            help='trainer classes used for training')
+                        if several_trainers else
+                        parser.add_argument('-tr', type=str, default='nnUNetTrainer',
+                                            help='trainer class used for training')),
+        '-c': lambda: parser.add_argument('-c', type=str, required=True, help='nnU-Net configuration'),
+        '-f': lambda: parser.add_argument('-f', nargs='+', type=str, default=(0, 1, 2, 3, 4),
+                                          help="folds to use (ensembled); 'all' for the fold trained on all cases"),
+        '-chk': lambda: parser.add_argument('-chk', type=str, default='checkpoint_final.pth', help='checkpoint name'),
+        '-step_size': lambda: parser.add_argument('-step_size', type=float, default=0.5,
+                                                  help='sliding-window step size'),
+        '--disable_tta': lambda: parser.add_argument('--disable_tta', action='store_true',
+                                                     help='disable mirroring test-time augmentation'),
+        '--verbose': lambda: parser.add_argument('--verbose', action='store_true', help='talk a lot'),
+        '-device': lambda: parser.add_argument('-device', type=str, default='cuda', choices=('cuda', 'cpu', 'mps'),
+                                               help="'cuda', 'cpu' or 'mps' (default cuda, as nnUNetv2_predict)"),
+        '--disable_progress_bar': lambda: parser.add_argument('--disable_progress_bar', action='store_true',
+                                                              help='no tqdm progress bars'),
+        '--not_on_device': lambda: parser.add_argument('--not_on_device', action='store_true',
+                                                       help='keep result arrays off the GPU'),
+    }
+    for flag in PREDICT_FLAGS:
+        if flag in only:
+            add[flag]()
+
+
+def add_missing_argument(parser: argparse.ArgumentParser) -> None:
+    """``--missing T1,FLAIR``: modalities (dataset.json names, comma-separated) to treat as missing; read it with
+    :func:`parse_missing`."""
+    parser.add_argument('--missing', type=str, default=None,
+                        help='comma-separated modality names (dataset.json channel_names) to treat as missing, '
+                             'e.g. T1,FLAIR')
 
 
 def make_device(name: str) -> torch.device:
+    """The torch device of ``-device``; :class:`~nnunet_missingmod.cli.CommandError` ("no CUDA device: pass
+    -device cpu") when it is not there."""
     if name not in ('cpu', 'cuda', 'mps'):
         raise ValueError(f"-device must be cpu, cuda or mps, got {name!r}")
+    check_device(name)
     if name == 'cpu':
         torch.set_num_threads(multiprocessing.cpu_count())
     elif name == 'cuda':
@@ -212,12 +268,34 @@ def make_predictor(args, folds=None) -> MissingModalityPredictor:
                                          verbose_preprocessing=args.verbose,
                                          allow_tqdm=not args.disable_progress_bar)
     folds = args.f if folds is None else folds
+    model_folder = check_model(args.d, args.tr, args.p, args.c, folds, args.chk)
     folds = [f if f == 'all' else int(f) for f in folds]
-    model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
-    if not os.path.isdir(model_folder):
-        raise FileNotFoundError(f"no trained model in {model_folder}")
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
     return predictor
+
+
+def check_model(dataset: str, trainer: str, plans: str, configuration: str, folds, checkpoint: str) -> str:
+    """The trained model folder; :class:`FileNotFoundError` (one line) naming what is missing: the data set, the
+    model folder, a fold or a checkpoint (listing what is there)."""
+    model_folder = get_output_folder(dataset_name(dataset), trainer, plans, configuration)
+    if not os.path.isdir(model_folder):
+        raise FileNotFoundError(f"no trained model in {model_folder} (trainer {trainer}, plans {plans}, "
+                                f"configuration {configuration})")
+    for fold in folds:
+        if str(fold) != 'all' and not str(fold).isdigit():
+            raise ValueError(f"-f {fold}: a fold is a number or 'all'")
+    present = sorted(n[5:] for n in os.listdir(model_folder) if n.startswith('fold_'))
+    absent = [str(f) for f in folds if not os.path.isdir(os.path.join(model_folder, f'fold_{f}'))]
+    if absent:
+        raise FileNotFoundError(f"fold(s) {', '.join(absent)} not trained in {model_folder} (trained folds: "
+                                f"{', '.join(present) or 'none'}); choose them with -f")
+    for fold in folds:
+        path = os.path.join(model_folder, f'fold_{fold}', checkpoint)
+        if not os.path.isfile(path):
+            there = sorted(n for n in os.listdir(os.path.dirname(path)) if n.endswith('.pth'))
+            raise FileNotFoundError(f"checkpoint {path} does not exist (checkpoints there: "
+                                    f"{', '.join(there) or 'none'}); choose one with -chk")
+    return model_folder
 
 
 def parse_missing(text: str | None, dataset_json: dict) -> List[int]:
@@ -227,16 +305,17 @@ def parse_missing(text: str | None, dataset_json: dict) -> List[int]:
     return sorted({modality_index(dataset_json, n.strip()) for n in re.split(r'[,+]', text) if n.strip()})
 
 
+@command('nnUNetv2_mm_predict')
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
+        prog='nnUNetv2_mm_predict',
         description='nnUNetv2_predict for cases with missing MRI modalities: absent modality files are '
                     'zero-filled, --missing drops modalities, cases without any modality are refused.')
     parser.add_argument('-i', type=str, required=True, help='input folder (CASE_XXXX<ending> files; missing '
                                                             'modality files may be absent)')
     parser.add_argument('-o', type=str, required=True, help='output folder')
     add_nnunet_predict_arguments(parser)
-    parser.add_argument('--missing', type=str, default=None,
-                        help='comma-separated modality names (dataset.json channel_names) to treat as missing')
+    add_missing_argument(parser)
     parser.add_argument('--save_probabilities', action='store_true', help='also export probabilities (.npz)')
     parser.add_argument('--continue_prediction', action='store_true', help='do not overwrite existing predictions')
     parser.add_argument('-npp', type=int, default=3, help='preprocessing processes (0 and -nps 0: sequential)')
@@ -245,25 +324,25 @@ def main(argv=None) -> int:
     parser.add_argument('-num_parts', type=int, default=1, help='number of parallel calls')
     parser.add_argument('-part_id', type=int, default=0, help='which of the parallel calls this is')
     args = parser.parse_args(argv)
+    check_device(args.device)
     if args.part_id >= args.num_parts:
         parser.error('-part_id must be smaller than -num_parts')
     if os.path.abspath(args.o) == os.path.abspath(args.i):
         parser.error('the output folder must not be the input folder (it would mix predictions with images)')
+    if not os.path.isdir(args.i):
+        raise CommandError(f"input folder {args.i} does not exist")
 
     predictor = make_predictor(args)
     dataset_json = predictor.dataset_json
     names = modality_names(dataset_json)
     ending = dataset_json['file_ending']
-    try:
-        dropped = parse_missing(args.missing, dataset_json)
-        cases = scan_input_folder(args.i, ending, len(names))
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
+    dropped = parse_missing(args.missing, dataset_json)
+    cases = scan_input_folder(args.i, ending, len(names))
     if len(dropped) == len(names):
-        parser.error(f"--missing {args.missing} drops every modality; nothing can be predicted")
+        raise CommandError(f"--missing {args.missing} drops every modality; nothing can be predicted")
     case_ids = sorted(cases)[args.part_id::args.num_parts]
     if not case_ids:
-        parser.error(f"no CASE_XXXX{ending} files in {args.i}")
+        raise CommandError(f"no CASE_XXXX{ending} files in {args.i}")
 
     os.makedirs(args.o, exist_ok=True)
     reader_writer = predictor.plans_manager.image_reader_writer_class()
@@ -300,8 +379,9 @@ def main(argv=None) -> int:
         json.dump({'modalities': names, 'missing_option': [names[c] for c in dropped], 'cases': report,
                    'refused': refused}, f, indent=2)
     if refused:
-        print(f"{len(refused)} case(s) refused (no modality at all): {', '.join(sorted(refused))}; "
-              f"{len(list_of_lists)} case(s) predicted", file=sys.stderr)
+        print(f"nnUNetv2_mm_predict: error: {len(refused)} case(s) refused: {', '.join(sorted(refused))} (reasons "
+              f"above and in {os.path.join(args.o, 'missing_modalities.json')}); {len(list_of_lists)} case(s) "
+              f"predicted", file=sys.stderr)
         return 1
     return 0
 
