@@ -198,7 +198,9 @@ def test_training_mode_samples_and_every_parameter_gets_a_gradient():
 
 def test_width_factor_scales_segmentors():
     net = make_network(width=0.5)
-    assert [s.encoder.output_channels for s in net.segmentors] == [[4, 8, 16]] * 4
+    # [8, 16, 32] x 0.5, no stage narrower than min(plans width, 8) (issue #18)
+    assert [s.encoder.output_channels for s in net.segmentors] == [[8, 8, 16]] * 4
+    assert make_network(width=1.0).segmentors[0].encoder.output_channels == [8, 16, 32]
     assert len(net.cigs) == 4 and len(net.cigs[0]) == 2
     assert len(make_network(fusion='none').cigs) == 0
 
@@ -406,7 +408,7 @@ def test_build_network_architecture_reads_task_map_from_configuration():
     assert net.fallback is True
     paper = nnUNetTrainerCIML_paper.build_network_architecture(None, ConfigurationManager(config), 4, 3, False)
     assert paper.fallback is False and paper.fusion == 'attention_vi'
-    assert net.segmentors[0].encoder.output_channels == [2, 4, 8]          # width factor 0.25
+    assert net.segmentors[0].encoder.output_channels == [8, 8, 8]          # 0.25 x [8, 16, 32], floor 8
     assert nnUNetTrainerCIML_NoMessage.build_network_architecture(None, ConfigurationManager(config), 4, 3,
                                                                   False).fusion == 'none'
     assert nnUNetTrainerCIML_Message.build_network_architecture(None, ConfigurationManager(config), 4, 3,
