@@ -41,11 +41,12 @@ Architecture
   log-likelihood of the whole mask, whereas the implementation (Sec. 4.2) uses nnU-Net's Dice + cross-entropy,
   whose cross-entropy is a *mean* over voxels and regions; dividing the KL by the same count keeps ``beta`` the
   trade-off of Eq. 7 (Eq. 7 up to a constant factor). Measured at the first step of ``nnUNetTrainerCIML``
-  (``trainer.gradient_shares``) on the 16^3 unit-test plans (widths 4-16), the literal sum (2.2e3 nats per
-  sample) weighted by ``beta = 0.5`` next to the per-voxel-mean cross-entropy takes the whole gradient norm
-  (share 1.000, every other term <= 0.001; 2.5e4 nats and 1.000 on 32^3 plans with widths 8-64): it would
-  silence every message, against Table 5 (+VI helps) and Fig. 11 (every beta in 1e-3..10 beats nnU-Net). The
-  rescaled term (0.40 resp. 0.56) has share 0.17 resp. 0.27 (per-element mean: 0.18 resp. 0.12).
+  (``trainer.gradient_shares``, all modalities present), the literal sum weighted by ``beta = 0.5`` next to the
+  per-voxel-mean cross-entropy takes the whole gradient norm -- share 1.000, every other term <= 0.001 -- with
+  3.9e3 nats per sample on the 16^3 unit-test plans (segmentor widths 4-8), 3.2e4 on 32^3 plans (8-16) and 4.0e5
+  on 64^3 plans with 3d_fullres widths (8-80): it would silence every message, against Table 5 (+VI helps) and
+  Fig. 11 (every beta in 1e-3..10 beats nnU-Net). The rescaled term (0.71, 0.76, 1.16) has share 0.37, 0.50,
+  0.48 (a per-element mean would have 0.15, 0.19, 0.10).
 
 * **Prediction**: every segmentor emits logits for *all* regions. For region r the final logit is the average of
   the logits of the available segmentors whose task contains r. Logits (not probabilities) are averaged: the
