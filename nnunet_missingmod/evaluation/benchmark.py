@@ -99,6 +99,7 @@ def _load_reference(reader_writer, path: str, allowed_labels: Sequence[int]) -> 
                          f"{' '.join(str(e).split()) or 'no detail'})") from e
     seg = seg[0]
     unexpected = sorted(set(np.unique(seg).tolist()) - set(allowed_labels) - {0})
+    unexpected = [int(v) if float(v).is_integer() else v for v in unexpected]
     if unexpected:
         raise ValueError(f"{path}: unexpected label values {unexpected}; dataset.json labels use {allowed_labels}")
     return seg, [float(s) for s in properties['spacing']]
