@@ -349,3 +349,28 @@ def test_predict_without_the_model_is_one_line(nnunet_dataset, model_and_cases, 
     result = command(['nnUNetv2_mm_predict', '-i', root / 'images', '-o', tmp_path / 'pred',
                       *_model(nnunet_dataset), *flags], nnunet_dataset.env)
     assert_one_line_error(result, 'nnUNetv2_mm_predict', fragment)
+
+
+# ------------------------------------------------------------------------------------ the shared wrapper itself
+def test_command_wrapper_status_and_messages(capsys):
+    """What every entry point gets from ``nnunet_missingmod.cli.command``: a returned path is not an exit status,
+    torch's no-driver error anywhere becomes the one-line hint, Ctrl-C is 130, a bug is one line naming its type."""
+    from nnunet_missingmod.cli import command as wrap
+
+    def raising(error):
+        def main(argv=None):
+            raise error
+        return wrap('prog')(main)
+
+    assert wrap('prog')(lambda argv=None: Path('/somewhere'))() == 0
+    assert wrap('prog')(lambda argv=None: 3)() == 3
+    assert raising(RuntimeError('Found no NVIDIA driver on your system. Please check ...'))() == 1
+    assert capsys.readouterr().err == 'prog: error: no CUDA device: pass -device cpu\n'
+    assert raising(AssertionError('Torch not compiled with CUDA enabled'))() == 1
+    assert capsys.readouterr().err == 'prog: error: no CUDA device: pass -device cpu\n'
+    assert raising(KeyboardInterrupt())() == 130
+    assert capsys.readouterr().err.strip() == 'prog: interrupted'
+    assert raising(FileNotFoundError('no trained model in X\nsecond line'))() == 1
+    assert capsys.readouterr().err == 'prog: error: no trained model in X; second line\n'
+    assert raising(ZeroDivisionError('division by zero'))() == 1
+    assert capsys.readouterr().err.startswith('prog: error: ZeroDivisionError: division by zero (set NNUNET_MM_')
