@@ -36,10 +36,12 @@ def test_ciml_train_predict_and_gradcam(nnunet_dataset, trained_model, tmp_path)
     assert set(np.unique(seg)) <= {0, 1, 2, 3}
 
     out = tmp_path / 'gradcam'
-    run(['nnUNetv2_mm_ciml_gradcam', '-m', str(folder), '-f', '0', '-c', case, '-o', str(out)], nnunet_dataset.env)
+    run(['nnUNetv2_mm_ciml_gradcam', '-d', str(DATASET_ID), '-c', SMOKE_CONFIG, '-tr', 'nnUNetTrainerCIML', '-f', '0',
+         '--case', case, '-o', str(out), '-device', 'cpu'], nnunet_dataset.env)
     for png in ('ciml_gradcam.png', 'ciml_complementary_weights.png'):
         assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     result = json.loads((out / 'ciml_gradcam.json').read_text())
+    assert result['model_folder'] == str(folder)
     assert result['available_modalities'] == ['T1', 'T1ce', 'T2', 'FLAIR']
     pairs = {(p['primary'], p['region']): p for p in result['pairs']}
     assert set(pairs) == {('T1', 'TC'), ('T1ce', 'TC'), ('T1ce', 'ET'), ('T2', 'WT'), ('T2', 'TC'), ('FLAIR', 'WT')}
