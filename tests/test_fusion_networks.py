@@ -151,8 +151,8 @@ def test_masked_mean_ignores_missing_entries():
 # ------------------------------------------------------------------ the networks
 def test_build_from_plans_widths():
     net = build('concat')
-    assert scale_widths([8, 16, 32], 0.5) == [4, 8, 16]
-    assert [s[0].output_channels for s in net.encoders[2].stages] == [4, 8, 16]
+    assert scale_widths([8, 16, 32], 0.5) == [8, 8, 16]          # no stage narrower than min(plans width, 8)
+    assert [s[0].output_channels for s in net.encoders[2].stages] == [8, 8, 16]
     assert len(net.encoders) == 4 and isinstance(net.encoders[0].stages[0][0].convs[0].norm, torch.nn.InstanceNorm3d)
     with pytest.raises(ImportError, match='cannot be imported'):
         resolve_arch_kwargs(dict(PLANS_KWARGS, conv_op='torch.nn.NoSuchConv'), REQUIRES_IMPORT)

@@ -46,12 +46,13 @@ def test_build_network_architecture_is_a_classmethod_nnunet_recognises():
 def test_smsn_defaults_follow_the_paper():
     net = build(ft.nnUNetTrainerSMSN)
     fusion = net.fusion
-    assert [s[0].output_channels for s in net.encoders[0].stages] == [4, 8, 16]   # width factor 0.5
+    assert [s[0].output_channels for s in net.encoders[0].stages] == [8, 8, 16]   # width factor 0.5, floor 8
     assert fusion.order_mode == 'random'
     assert (fusion.beta, fusion.gamma) == (0.7, 0.3)                              # Table 5
     assert fusion.stage1[0].out_channels == 16 and fusion.stage2[0].out_channels == 32   # (C, 2C), Table 9
     assert ft.nnUNetTrainerSMSN.aux_loss_weights == {'kl': 1e-3, 'recon': 1.0, 'orth': 1.0}   # KL: VIB beta
     assert ft.nnUNetTrainerSMSN.loss_term_units['kl'] == 'nats/sample'
+    assert fusion.orthogonality_normalize is True          # L_o as squared cosine (measured, see the docstring)
     assert ft.nnUNetTrainerSMSN.loss_term_units['recon'] == 'nats/voxel'
     # the reconstruction decoders reach the patch resolution (two x2 stages) from the (C, 2C) bottlenecks
     assert fusion.reconstruct1.scale == [4, 4, 4] and fusion.reconstruct2.scale == [4, 4, 4]

@@ -49,9 +49,9 @@ class MultiEncoderFusionUNet(MissingModalityNetwork):
     """``M`` modality encoders, masked-mean skips, bottleneck fusion, one shared ``UNetDecoder``.
 
     ``arch_kwargs`` are the plans' (resolved) PlainConvUNet keyword arguments; residual-encoder plans
-    (``n_blocks_per_stage``) are accepted, each block becoming one plain conv block. ``fusion`` is called as
-    ``fusion(num_modalities=M, channels=C_bottleneck, block_kwargs=..., kernel_size=..., strides=...)`` and
-    called as ``fusion(bottleneck_stack, availability, x)``.
+    (``n_blocks_per_stage``) are accepted, each block becoming one plain conv block. ``fusion`` is a factory
+    called as ``fusion(num_modalities=M, channels=C_bottleneck, block_kwargs=..., kernel_size=..., strides=...)``;
+    the module it returns is called as ``fusion_module(bottleneck_stack, availability, x)``.
     """
 
     def __init__(self, num_modalities: int, num_classes: int, arch_kwargs: dict, fusion: FusionFactory,
