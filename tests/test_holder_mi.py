@@ -43,10 +43,11 @@ def masks(*rows):
 
 # --------------------------------------------------------------------------- network
 def test_widths_and_mi_levels_from_plans():
-    net = SharedBackboneNetwork.from_plans(configuration((8, 16, 32)), M, 3, True, width_factor=0.5,
+    net = SharedBackboneNetwork.from_plans(configuration((16, 32, 64)), M, 3, True, width_factor=0.25,
                                            mi_num_levels=2, mi_gamma0=0.1)
-    assert [s[0].convs[0].conv.out_channels for s in net.backbone.encoder.stages] == [4, 8, 16]
-    assert net.channel_encoders[0].groups == M and net.channel_encoders[0].out_channels == M * 4
+    # 16 * 0.25 = 4 is raised to the floor min(16, 8) = 8; 32 * 0.25 = 8; 64 * 0.25 = 16
+    assert [s[0].convs[0].conv.out_channels for s in net.backbone.encoder.stages] == [8, 8, 16]
+    assert net.channel_encoders[0].groups == M and net.channel_encoders[0].out_channels == M * 8
     assert net.mi_stages == (1, 2)
     assert net.mi.gammas == pytest.approx((0.1, 0.2))  # gamma_k = gamma0 * k, k = 1..K over the used levels
     assert SharedBackboneNetwork.from_plans(configuration(), M, 3, True, mi_num_levels=0).mi is None
@@ -134,8 +135,9 @@ def test_build_network_architecture_is_a_classmethod_with_nnunet_signature():
     net = hm.nnUNetTrainerHolderMI.build_network_architecture(None, configuration(), M, 3, True)
     assert isinstance(net, SharedBackboneNetwork) and net.mi is not None and net.subsets_per_step is None
     assert hm.nnUNetTrainerHolderMI_noMI.build_network_architecture(None, configuration(), M, 3, True).mi is None
-    budget = hm.nnUNetTrainerHolderMI_budget.build_network_architecture(None, configuration((8, 16, 32)), M, 3, False)
-    assert budget.common_channels == round(8 * hm.nnUNetTrainerHolderMI_budget.width_factor)
+    budget = hm.nnUNetTrainerHolderMI_budget.build_network_architecture(None, configuration((64, 128, 256)), M, 3,
+                                                                        False)
+    assert budget.common_channels == round(64 * hm.nnUNetTrainerHolderMI_budget.width_factor)
     assert budget.subsets_per_step == hm.nnUNetTrainerHolderMI_budget.subsets_per_step
 
 

@@ -85,8 +85,8 @@ def test_no_pnf_is_early_fusion_with_plain_dice(tmp_path):
 
 
 def test_budget_variant_is_narrow_and_draws_two_subsets(tmp_path):
-    default = make_trainer(hm.nnUNetTrainerHolderMI, tmp_path, small_plans(features=(16, 32, 64)))
-    budget = make_trainer(hm.nnUNetTrainerHolderMI_budget, tmp_path, small_plans(features=(16, 32, 64)))
+    default = make_trainer(hm.nnUNetTrainerHolderMI, tmp_path, small_plans(features=(32, 64, 128)))
+    budget = make_trainer(hm.nnUNetTrainerHolderMI_budget, tmp_path, small_plans(features=(32, 64, 128)))
     assert budget.network.common_channels == default.network.common_channels // 4
     data, target, availability = batch()
     budget.network.train()
