@@ -168,13 +168,12 @@ def trained_model(nnunet_dataset):
 
 
 def copy_matching_weights(source: torch.nn.Module, destination: torch.nn.Module) -> set:
-    """Load the parameters and buffers of ``source`` into ``destination`` where name and shape agree; returns the
-    names of the parameters the two networks share this way."""
-    theirs = source.state_dict()
-    ours = destination.state_dict()
-    matching = {k: v for k, v in theirs.items() if k in ours and ours[k].shape == v.shape}
+    """Load the parameters of ``source`` into ``destination`` where name and shape agree; returns their names.
+    Buffers are not copied: they belong to the variant's definition (e.g. SMSN's fixed fusion ``order``)."""
+    own = dict(destination.named_parameters())
+    matching = {k: v for k, v in source.named_parameters() if k in own and own[k].shape == v.shape}
     destination.load_state_dict(matching, strict=False)
-    return {n for n, _ in destination.named_parameters() if n in matching}
+    return set(matching)
 
 
 def loss_gradients(trainer, data, target, availability, seed: int = 0) -> dict:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_trainer, small_plans
+from conftest import copy_matching_weights, loss_gradients, make_trainer, relative_gradient_difference, \
+    small_plans
 from nnunet_missingmod.networks.ciml import ABSENT_LOGIT
 from nnunet_missingmod.training import ciml_trainer as ct
 
@@ -40,51 +41,24 @@ def batch(seed: int = 0, levels: int = 2):
     return data * availability[:, :, None, None, None], target, availability
 
 
-def copy_weights(source: torch.nn.Module, destination: torch.nn.Module) -> set:
-    """Copy parameters/buffers where name and shape match; return the names of the shared parameters."""
-    ours = destination.state_dict()
-    matching = {k: v for k, v in source.state_dict().items() if k in ours and ours[k].shape == v.shape}
-    destination.load_state_dict(matching, strict=False)
-    return {n for n, _ in destination.named_parameters() if n in matching}
-
-
-def gradients(trainer, data, target, availability, seed: int = 0) -> dict:
-    torch.manual_seed(seed)                                   # reparameterisation noise
-    trainer.network.train()
-    loss, _ = trainer.forward_loss(data, target, availability)
-    named = [(n, p) for n, p in trainer.network.named_parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-    return {n: g for (n, _), g in zip(named, grads) if g is not None}
-
-
-def relative_difference(variant: dict, default: dict, names) -> float:
-    num = den = 0.0
-    for n in names:
-        ref = default.get(n, torch.zeros(()))
-        var = variant.get(n, torch.zeros(()))
-        num += float((var - ref).double().square().sum())
-        den += float(ref.double().square().sum())
-    return (num / den) ** 0.5
-
-
 @pytest.fixture(scope='module')
 def default(tmp_path_factory):
     trainer = make_trainer(ct.nnUNetTrainerCIML, tmp_path_factory.mktemp('ciml_default'))
     data, target, availability = batch()
-    return trainer, gradients(trainer, data, target, availability)
+    return trainer, loss_gradients(trainer, data, target, availability)
 
 
 def test_a_second_copy_of_the_default_gives_the_same_gradient(default, tmp_path):
     trainer, reference = default
     twin = make_trainer(ct.nnUNetTrainerCIML, tmp_path, seed=1)         # other initial weights, then copied
-    shared = copy_weights(trainer.network, twin.network)
+    shared = copy_matching_weights(trainer.network, twin.network)
     assert shared == {n for n, _ in trainer.network.named_parameters()}
     data, target, availability = batch()
-    diff = relative_difference(gradients(twin, data, target, availability), reference, shared)
+    diff = relative_gradient_difference(loss_gradients(twin, data, target, availability), reference, shared)
     print(f'default vs copy: {diff:.2e}')
     assert diff < SAME
     # and another noise draw is already visible, so the check is sharp
-    other_noise = relative_difference(gradients(twin, data, target, availability, seed=1), reference, shared)
+    other_noise = relative_gradient_difference(loss_gradients(twin, data, target, availability, seed=1), reference, shared)
     assert other_noise > 10 * SAME
 
 
@@ -92,11 +66,11 @@ def test_a_second_copy_of_the_default_gives_the_same_gradient(default, tmp_path)
 def test_variant_gradient_differs_from_the_default(name, default, tmp_path):
     trainer, reference = default
     variant = make_trainer(getattr(ct, name), tmp_path)
-    shared = copy_weights(trainer.network, variant.network)
+    shared = copy_matching_weights(trainer.network, variant.network)
     shared = {n for n in shared if n in reference}
     assert shared, f'{name} shares no parameter with nnUNetTrainerCIML'
     data, target, availability = batch()
-    diff = relative_difference(gradients(variant, data, target, availability), reference, shared)
+    diff = relative_gradient_difference(loss_gradients(variant, data, target, availability), reference, shared)
     print(f'{name}: relative gradient difference {diff:.3f} over {len(shared)} shared parameters')
     assert diff > MARGIN
 
@@ -106,10 +80,10 @@ def test_budget_gradient_differs_from_the_default_where_its_widths_differ(tmp_pa
     default = make_trainer(ct.nnUNetTrainerCIML, tmp_path / 'default', plans=plans)
     budget = make_trainer(ct.nnUNetTrainerCIML_budget, tmp_path / 'budget', plans=plans)
     assert budget.bare_network.segmentors[0].encoder.output_channels == [8, 8, 8, 12]
-    shared = copy_weights(default.network, budget.network)
+    shared = copy_matching_weights(default.network, budget.network)
     data, target, availability = batch(levels=3)
-    reference = gradients(default, data, target, availability)
-    diff = relative_difference(gradients(budget, data, target, availability), reference, shared)
+    reference = loss_gradients(default, data, target, availability)
+    diff = relative_gradient_difference(loss_gradients(budget, data, target, availability), reference, shared)
     print(f'nnUNetTrainerCIML_budget (plans 8-64): relative gradient difference {diff:.3f} over {len(shared)} '
           f'shared parameters')
     assert diff > MARGIN
