@@ -80,9 +80,9 @@ class nnUNetTrainerSMSN(nnUNetTrainerConcatFusion):
       its final loss but derives it from the IB objective ``I(Z; Y) - beta I(X; Z)`` (Eq. 1) through the variational
       approximation of Alemi et al. ("Deep variational information bottleneck", ICLR 2017), whose KL is summed
       over the latent dimensions and weighted by a small ``beta`` (1e-3 is their best range). Measured on the
-      small CPU plans (C = 32, 16^3 patches, 40 SGD steps on one batch): with weight 1 the KL held 99.6-100 % of
-      the gradient norm at steps 10-30 (segmentation 0.6-3 %) and drove the latent down to 0.04 nats/sample
-      by step 40 (posterior collapse: ``z_2`` carries nothing to the decoder); with 1e-3 its share was 3-9 %
+      small CPU plans (C = 32, 16^3 patches, 40 SGD steps on one batch): with weight 1 the KL held 99.9-100 % of
+      the gradient norm at steps 10-30 (segmentation 0.6-1 %) and drove the latent down to 0.06 nats/sample
+      by step 40 (posterior collapse: ``z_2`` carries nothing to the decoder); with 1e-3 its share was 2-10 %
       and the latent kept 1.5 nats/sample. At initialisation the Gaussian heads sit at the prior (KL = 0, zero
       KL gradient).
     * ``'recon'`` -- ``L_r`` (Eq. 6) with ``beta = 0.7`` / ``gamma = 0.3`` inside: availability-masked Gaussian
@@ -91,10 +91,10 @@ class nnUNetTrainerSMSN(nnUNetTrainerConcatFusion):
     * ``'orth'`` -- ``L_o``, read as the **squared cosine** between ``z~_2`` and each present ``x_{s_i}`` per voxel,
       summed over modalities (:attr:`smsn_orthogonality_cosine`). The paper writes the raw squared dot product
       ``sum_i (z_2 . x_{s_i})^2``; measured at the first step of untrained networks on the small plans, its value
-      grows with the width (109, 262, 633, 1558 for bottleneck widths C = 8, 32, 64, 160) and it held >= 99.999 %
-      of the gradient norm (segmentation 0.003-0.08 %): training would first of all shrink ``z~_2`` and the
+      grows with the width (104, 364, 618, 1380 for bottleneck widths C = 8, 32, 64, 160) and it held >= 99.999 %
+      of the gradient norm (segmentation 0.004-0.08 %): training would first of all shrink ``z~_2`` and the
       specific features, whose scale the dot product rewards; the cosine (same zero set: zero iff orthogonal)
-      held 6-58 % with segmentation 12-25 %. Set ``smsn_orthogonality_cosine = False`` for the dot
+      held 22-89 % with segmentation 22-56 %. Set ``smsn_orthogonality_cosine = False`` for the dot
       product.
     """
 
