@@ -1,6 +1,7 @@
 import json
+import subprocess
 
-from conftest import DATASET_ID, run
+from conftest import DATASET_ID, nnunet_environment, run, synthetic_raw_dataset
 from nnunet_missingmod.evaluation.perf import markdown_table, ratios, within_budget
 
 
@@ -27,7 +28,8 @@ def test_budget_verdict_uses_design_limits():
 def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):
     out = tmp_path / 'perf'
     run(['nnUNetv2_mm_perf', '-d', str(DATASET_ID), '-c', nnunet_dataset.configuration,
-         '-tr', 'nnUNetTrainerModalityDropout', '--steps', '2', '--warmup', '1', '-o', str(out)], nnunet_dataset.env)
+         '-tr', 'nnUNetTrainerModalityDropout', '--steps', '2', '--warmup', '1', '-device', 'cpu', '-o', str(out)],
+        nnunet_dataset.env)
     report = json.loads((out / 'perf.json').read_text())
     results = report['results']
     assert list(results) == ['nnUNetTrainer', 'nnUNetTrainerModalityDropout']
@@ -41,3 +43,22 @@ def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):
     table = (out / 'perf.md').read_text()
     assert table == markdown_table(results, table.splitlines()[0])
     assert '| nnUNetTrainerModalityDropout |' in table
+
+
+def test_perf_on_a_data_set_with_fewer_than_five_cases(tmp_path):
+    """Three training cases: nnU-Net's 5-fold split is impossible, perf measures on fold 'all' (it used to fail
+    with scikit-learn's "Cannot have number of splits n_splits=5 greater than the number of samples"), and writes
+    nothing into nnUNet_results."""
+    env = nnunet_environment(tmp_path)
+    synthetic_raw_dataset(tmp_path / 'src', 993, 'ThreeCases', 3, 0, env)
+    run(['nnUNetv2_plan_and_preprocess', '-d', '993', '-c', '3d_fullres', '-np', '1'], {**env, 'nnUNet_n_proc_DA': '1'})
+    run(['nnUNetv2_mm_small_config', '-d', '993', '-c', '3d_smoke', '--patch', '32', '32', '32', '--features', '4',
+         '8', '16'], env)
+    out = tmp_path / 'perf'
+    result = subprocess.run(['nnUNetv2_mm_perf', '-d', '993', '-c', '3d_smoke', '-tr', 'nnUNetTrainerModalityDropout',
+                             '--steps', '1', '--warmup', '0', '-device', 'cpu', '-o', str(out)],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(json.loads((out / 'perf.json').read_text())['results']) == ['nnUNetTrainer',
+                                                                           'nnUNetTrainerModalityDropout']
+    assert not any((tmp_path / 'nnUNet_results').iterdir())
