@@ -204,8 +204,9 @@ class SMSNFusion(nn.Module):
        (for ``M = 4`` exactly the paper's ``[z_1, x_3, x_4]``; for ``M = 2`` stage II refines ``z_1`` alone).
        Missing modalities enter as zero features, as in the paper ("a missing modality (represented as a zero
        tensor)"). The Gaussian heads are per-voxel MLPs (1x1 convolutions) whose last layer starts at zero, so
-       that ``mu = 0, logvar = 0`` (the prior) at initialisation (with He init the log-variances of stage I were
-       ``O(1)``, ``z_1`` samples reached tens, and stage II's log-variances ~20: ``KL ~ 1e10`` nats). ``z`` is
+       that ``mu = 0, logvar = 0`` (the prior) at initialisation. (He-initialised, stage I's log-variances
+       reached 6 on a random batch, so ``z_1`` samples reached ~30, which drove stage II's log-variances to 19:
+       ``KL ~ 7e10`` nats/sample.) ``z`` is
        reparameterised in training and the mean is used in eval mode. ``L_e`` (aux ``'kl'``, Eq. 5) is the sum
        over the two stages of the KL to ``N(0, I)`` in **nats per sample** (summed over all latent dimensions
        -- channels x voxels -- averaged over the batch, float32), the variational-IB reduction.
