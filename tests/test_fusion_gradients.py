@@ -1,17 +1,17 @@
 """Every SMSN ablation/option trainer trains a different model: on the same batch, with the same weights where
 the architectures agree and the same random draws, its loss gradient differs from ``nnUNetTrainerSMSN``'s.
 
-The recipe: build both trainers (conftest ``make_trainer``), copy the default's weights into the variant wherever
+The recipe (conftest's ``make_trainer``, ``copy_matching_weights``, ``loss_gradients``,
+``relative_gradient_difference``): build both trainers, copy the default's weights into the variant wherever
 name and shape match, give both the same seeded NumPy generator (fusion order) and torch seed (reparameterisation
 noise), run ``forward_loss`` on the same data / deep-supervision target / availability and compare the gradients
 over the parameters both have (same name and shape): ``||g_variant - g_default|| / ||g_default||``. A second
 copy of the default trainer gives ~0, so the test would notice a variant that is the default model in disguise.
 """
-import numpy as np
 import pytest
 import torch
 
-from conftest import make_trainer
+from conftest import copy_matching_weights, loss_gradients, make_trainer, relative_gradient_difference
 from nnunet_missingmod.training import fusion_trainers as ft
 
 torch.set_num_threads(1)
@@ -51,33 +51,16 @@ def batch():
     return data, target
 
 
-def copy_matching_weights(source, destination):
-    """Load ``source``'s parameters into ``destination`` wherever name and shape match. Parameters only: buffers
-    (SMSN's fusion ``order``, set by the fixed-order trainers) belong to the variant's definition."""
-    own = dict(destination.network.named_parameters())
-    matching = {k: v for k, v in source.network.named_parameters() if k in own and own[k].shape == v.shape}
-    destination.network.load_state_dict(matching, strict=False)
-    return matching
-
-
-def loss_gradients(trainer, availability):
-    """Gradients of the training loss (``forward_loss``) on the fixed batch, seeded draws; by parameter name."""
+def gradients(trainer, availability):
+    """Loss gradients on the fixed batch (missing modalities zero-filled), seeded draws; by parameter name."""
     data, target = batch()
-    trainer.rng = np.random.default_rng(SEED)
-    trainer.share_rng(trainer.network)
-    torch.manual_seed(SEED)
-    trainer.network.train()
-    loss, _ = trainer.forward_loss(data * availability[:, :, None, None, None], target, availability)
-    names, params = zip(*[(n, p) for n, p in trainer.network.named_parameters() if p.requires_grad])
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return {n: (g if g is not None else torch.zeros_like(p)) for n, p, g in zip(names, params, grads)}
+    return loss_gradients(trainer, data * availability[:, :, None, None, None], target, availability, SEED)
 
 
-def relative_difference(variant, default):
-    shared = [n for n in default if n in variant and variant[n].shape == default[n].shape]
-    diff = torch.sqrt(sum((variant[n] - default[n]).double().square().sum() for n in shared))
-    norm = torch.sqrt(sum(default[n].double().square().sum() for n in shared))
-    return float(diff / norm), len(shared)
+def shared_names(a, b):
+    """Parameters both networks have, with the same name and shape."""
+    own = dict(b.network.named_parameters())
+    return [n for n, p in a.network.named_parameters() if n in own and own[n].shape == p.shape]
 
 
 @pytest.fixture(scope='module')
@@ -97,10 +80,10 @@ def default(tmp_path_factory):
 @pytest.mark.parametrize('availability', [ALL_PRESENT, MISSING], ids=['all', 'missing'])
 def test_default_against_a_copy_of_itself_is_the_same(default, availability, tmp_path):
     twin = make_trainer(ft.nnUNetTrainerSMSN, tmp_path, seed=SEED + 1)     # other initial weights ...
-    assert len(copy_matching_weights(default, twin)) == len(list(default.network.parameters()))   # ... replaced
-    difference, count = relative_difference(loss_gradients(twin, availability),
-                                            loss_gradients(default, availability))
-    assert count == len(list(default.network.parameters()))
+    copied = copy_matching_weights(default.network, twin.network)
+    assert len(copied) == len(list(default.network.parameters()))           # ... all replaced
+    difference = relative_gradient_difference(gradients(twin, availability), gradients(default, availability),
+                                              shared_names(default, twin))
     assert difference < 1e-5
 
 
@@ -108,19 +91,20 @@ def test_default_against_a_copy_of_itself_is_the_same(default, availability, tmp
 def test_variant_gradient_differs_from_the_default(default, variant, tmp_path):
     availability = VARIANTS[variant]
     trainer = make_trainer(variant, tmp_path, seed=SEED + 1)
-    copied = copy_matching_weights(default, trainer)
+    copied = copy_matching_weights(default.network, trainer.network)
     assert any(k.startswith('encoders.') for k in copied) and any(k.startswith('decoder.') for k in copied)
-    difference, count = relative_difference(loss_gradients(trainer, availability),
-                                            loss_gradients(default, availability))
-    print(f'{variant.__name__}: relative gradient difference {difference:.4f} over {count} shared tensors')
-    assert count > 0.5 * len(list(default.network.parameters()))
+    names = shared_names(default, trainer)
+    assert set(names) == copied and len(names) > 0.5 * len(list(default.network.parameters()))
+    difference = relative_gradient_difference(gradients(trainer, availability), gradients(default, availability),
+                                              names)
+    print(f'{variant.__name__}: relative gradient difference {difference:.4f} over {len(names)} shared tensors')
     assert difference > MARGIN
 
 
 def test_random_only_infers_like_the_default(default, tmp_path):
     """Table 8 compares training-time orderings: in eval mode "Random only" is the default model."""
     trainer = make_trainer(ft.nnUNetTrainerSMSN_randomOnly, tmp_path, seed=SEED + 1)
-    copy_matching_weights(default, trainer)
+    copy_matching_weights(default.network, trainer.network)
     data, _ = batch()
     outputs = []
     for t in (default, trainer):
