@@ -46,7 +46,7 @@ def default_trainers() -> list[str]:
 
 
 FIGURES = ('parameters', 'gflops_per_patch', 'step_s', 'peak_memory_mb', 'predict_s')
-#: DESIGN.md's compute budget: the largest allowed ratio to ``nnUNetTrainer`` of each figure
+#: the project's compute budget: the largest allowed ratio to ``nnUNetTrainer`` of each figure
 BUDGET = {'step_s': 1.3, 'peak_memory_mb': 1.5, 'predict_s': 1.3}
 
 
@@ -166,7 +166,7 @@ def markdown_table(results: dict, header: str) -> str:
                      f"| {r['peak_memory_mb']:.0f} | {r['predict_s']:.2f} | {fmt(q['step_s'])} "
                      f"| {fmt(q['peak_memory_mb'])} | {fmt(q['predict_s'])} | {verdict} |")
     limits = ', '.join(f'{k} ≤ {v}×' for k, v in BUDGET.items())
-    return '\n'.join(lines) + f'\n\nbudget (DESIGN.md): {limits} of nnUNetTrainer\n'
+    return '\n'.join(lines) + f'\n\nbudget: {limits} of nnUNetTrainer\n'
 
 
 @command('nnUNetv2_mm_perf')

@@ -172,7 +172,7 @@ def run(model_folder: str, fold, output_folder: str, image_files: Optional[Seque
 
     enable_ext_trainers()
     if (image_files is None) == (case is None):
-        raise ValueError("give either image files (-i) or a case id (-c)")
+        raise ValueError("give either image files (-i) or a case id (--case)")
     predictor = nnUNetPredictor(device=torch.device(device), verbose=False, verbose_preprocessing=False)
     predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint)
     network = predictor.network
