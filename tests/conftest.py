@@ -26,6 +26,23 @@ N_CASES = 10
 SHAPE = (48, 56, 40)
 
 
+#: fixtures that plan, preprocess or train with nnU-Net's commands: a test that uses one (directly or through another
+#: fixture) is marked ``slow``, as are the DDP tests (process spawns); ``pytest -m "not slow"`` runs the rest
+SLOW_FIXTURES = {'nnunet_dataset', 'trained_model'}
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: plans/trains with nnU-Net, spawns DDP processes or runs a training study '
+                                       '(deselect with -m "not slow")')
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())) or 'ddp' in item.name.lower() or \
+                item.get_closest_marker('slow'):
+            item.add_marker(pytest.mark.slow)
+
+
 def run(cmd: list[str], env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run a console command; on failure show its output in the assertion message."""
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -129,3 +129,4 @@ def test_continue_training_with_dash_dash_c(nnunet_dataset):
     checkpoint = torch.load(fold / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
     assert checkpoint['current_epoch'] == 2
     assert 'Epoch 1' in result.stdout and 'Epoch 0\n' not in result.stdout
+    assert f"resumed from {fold / 'checkpoint_final.pth'}, epoch 1" in result.stdout

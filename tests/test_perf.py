@@ -1,6 +1,8 @@
 import json
 import subprocess
 
+import pytest
+
 from conftest import DATASET_ID, nnunet_environment, run, synthetic_raw_dataset
 from nnunet_missingmod.evaluation.perf import markdown_table, ratios, within_budget
 
@@ -45,6 +47,7 @@ def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):
     assert '| nnUNetTrainerModalityDropout |' in table
 
 
+@pytest.mark.slow
 def test_perf_on_a_data_set_with_fewer_than_five_cases(tmp_path):
     """Three training cases: nnU-Net's 5-fold split is impossible, perf measures on fold 'all' (it used to fail
     with scikit-learn's "Cannot have number of splits n_splits=5 greater than the number of samples"), and writes

@@ -75,6 +75,9 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
     dev = torch.device(device)
     # fold 'all': nnU-Net's 5-fold split needs at least five training cases, a measurement needs no split
     trainer = get_trainer_from_args(dataset, configuration, 'all', trainer_name, plans, device=dev)
+    # the training log's one-off diagnostic (one extra backward pass per loss term at the first step of a run) is
+    # not part of a training step
+    trainer.gradient_share_steps = 0
     trainer.initialize()
     loader, _ = trainer.get_dataloaders()
     batch = next(loader)

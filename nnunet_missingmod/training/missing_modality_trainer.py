@@ -55,8 +55,9 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
     aux_loss_weights: Dict[str, float] = {}
     #: unit of a logged loss term (terms without an entry are dimensionless)
     loss_term_units: Dict[str, str] = {}
-    #: training steps at the start of a run whose per-term gradient-norm shares are averaged into the log
-    gradient_share_steps: int = 3
+    #: training steps at the start of a run whose per-term gradient-norm shares go into the log (each such step costs
+    #: one extra backward pass per loss term; 0 switches the diagnostic off)
+    gradient_share_steps: int = 1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -85,6 +86,17 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         for module in network.modules():
             if isinstance(getattr(module, 'rng', None), np.random.Generator):
                 module.rng = self.rng
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's loading, plus a log line naming the file: ``nnUNetv2_train --c`` silently falls back from
+        ``checkpoint_final``/``checkpoint_latest`` to ``checkpoint_best``, which resumes from an older epoch."""
+        super().load_checkpoint(filename_or_checkpoint)
+        if isinstance(filename_or_checkpoint, (str, os.PathLike)):
+            name = os.path.basename(os.fspath(filename_or_checkpoint))
+            note = ' (no checkpoint_final/checkpoint_latest: the best epoch, not the last one)' \
+                if name == 'checkpoint_best.pth' else ''
+            self.print_to_log_file(f"resumed from {os.fspath(filename_or_checkpoint)}, epoch {self.current_epoch}"
+                                   f"{note}")
 
     # ----------------------------------------------------------------- network access
     @property
@@ -241,7 +253,7 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         if self._gradient_shares and not self._gradient_shares_logged:
             self._gradient_shares_logged = True
             steps = len(next(iter(self._gradient_shares.values())))
-            self.print_to_log_file(f'share of the gradient norm per weighted term (first {steps} steps of this '
+            self.print_to_log_file(f'share of the gradient norm per weighted term (first {steps} step(s) of this '
                                    f'run): ' + ', '.join(f'{k} {np.mean(v):.3f}'
                                                          for k, v in self._gradient_shares.items()))
         self.print_to_log_file('modality subsets drawn: ' + ', '.join(
