@@ -52,7 +52,6 @@ marker file :data:`MARKER`); in the latter case only the case folders written by
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys

@@ -43,6 +43,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a test's gloo process group."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def run(cmd: list[str], env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run a console command; on failure show its output in the assertion message."""
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import free_port
 from nnunet_missingmod.modalities import all_subsets, subset_to_mask
 from nnunet_missingmod.losses.ciml import SegmentorRegionLoss
 from nnunet_missingmod.networks.ciml import BRATS_TASK_MAP, CIGModule, CIMLNetwork, check_task_map, resolve_task_map
@@ -345,11 +345,8 @@ def _ddp_loss_worker(rank: int, world: int, port: int, results):
 
 
 def test_ddp_batch_dice_loss_with_an_empty_sub_batch_on_one_rank():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_ddp_loss_worker, args=(2, port, results), nprocs=2, join=True)
+    mp.spawn(_ddp_loss_worker, args=(2, free_port(), results), nprocs=2, join=True)
     outputs, targets = _loss_batch(seed=0, batch=2)
     reference = _nnunet_region_loss(True)
     # the global sub-batch is rank 0's sample: rank 0 gets its full loss, rank 1 only its (global) Dice part
@@ -361,11 +358,8 @@ def test_ddp_batch_dice_loss_with_an_empty_sub_batch_on_one_rank():
 
 
 def test_ddp_different_masks_per_rank_find_unused_parameters_false():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), results), nprocs=2, join=True)
     assert results[0][0] and results[1][0]
     assert torch.allclose(results[0][1], results[1][1])                   # all-reduced gradients agree
     assert torch.count_nonzero(results[0][1]) > 0

@@ -2,7 +2,6 @@
 import functools
 import itertools
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from conftest import free_port
 from nnunet_missingmod.modalities import all_subsets, subset_to_mask
 from nnunet_missingmod.networks.fusion import AttentionFusion, ConcatFusion, SMSNFusion, _num_heads, masked_mean
 from nnunet_missingmod.networks.multi_encoder import MultiEncoderFusionUNet
@@ -343,12 +343,6 @@ def test_smsn_generalises_to_m_modalities(m):
 
 
 # ------------------------------------------------------------------ DDP
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world_size, port, result_dir):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -376,7 +370,7 @@ def _ddp_worker(rank, world_size, port, result_dir):
 
 
 def test_ddp_without_unused_parameter_search(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = (torch.load(tmp_path / f'rank{r}.pt') for r in range(2))
     assert set(rank0) == set(FUSIONS)
     for fusion in FUSIONS:                                  # replicas stayed in sync through the all-reduce

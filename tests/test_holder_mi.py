@@ -1,6 +1,5 @@
 """Shared-backbone network, dynamic combination, nnUNetTrainerHolderMI losses, DDP and the nnU-Net round trip."""
 import inspect
-import socket
 import subprocess
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch.multiprocessing as mp
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
+from conftest import free_port, make_trainer, small_plans
 from nnunet_missingmod.losses.divergences import divergence_loss
 from nnunet_missingmod.modalities import all_subsets, subset_to_mask
 from nnunet_missingmod.networks.shared_backbone import SharedBackboneNetwork, combine_pairs
@@ -19,17 +19,7 @@ M = 4
 
 
 def configuration(features=(4, 8, 16)) -> ConfigurationManager:
-    n = len(features)
-    return ConfigurationManager({'architecture': {
-        'network_class_name': 'dynamic_network_architectures.architectures.unet.PlainConvUNet',
-        'arch_kwargs': {
-            'n_stages': n, 'features_per_stage': list(features), 'conv_op': 'torch.nn.modules.conv.Conv3d',
-            'kernel_sizes': [[3, 3, 3]] * n, 'strides': [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
-            'n_conv_per_stage': [2] * n, 'n_conv_per_stage_decoder': [2] * (n - 1), 'conv_bias': True,
-            'norm_op': 'torch.nn.modules.instancenorm.InstanceNorm3d',
-            'norm_op_kwargs': {'eps': 1e-5, 'affine': True}, 'dropout_op': None, 'dropout_op_kwargs': None,
-            'nonlin': 'torch.nn.LeakyReLU', 'nonlin_kwargs': {'inplace': True}},
-        '_kw_requires_import': ['conv_op', 'norm_op', 'dropout_op', 'nonlin']}})
+    return ConfigurationManager(small_plans(features)['configurations']['3d_fullres'])
 
 
 def network(deep_supervision=True, **kwargs) -> SharedBackboneNetwork:
@@ -167,7 +157,6 @@ def numpy_soft_dice(logits: np.ndarray, labels: np.ndarray, smooth: float = 1e-5
 def test_total_loss_is_eq_7_over_all_subsets(cls, tmp_path):
     """Algorithm 1 / Eq. 7 against an independent numpy computation: plain soft Dice (no BCE) + lambda_1 L_MI +
     lambda_2 L_HD (densities over the image), averaged over the 15 subsets, deep supervision weights 2/3, 1/3, 0."""
-    from conftest import make_trainer, small_plans
     trainer = make_trainer(cls, tmp_path, small_plans(features=(4, 8, 16, 32)))
     x = torch.randn(2, M, 16, 16, 16)
     availability = masks([1, 1, 1, 1], [1, 1, 1, 1])
@@ -229,12 +218,6 @@ def test_holder_loss_softmax_labels_with_ignore():
 
 
 # --------------------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, results):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -262,7 +245,7 @@ def _ddp_worker(rank: int, world: int, port: int, results):
 
 def test_ddp_two_cpu_processes_with_different_masks():
     results = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), results), nprocs=2, join=True)
     assert dict(results) == {0: True, 1: True}  # gradients were all-reduced, no unused-parameter error
 
 
