@@ -164,21 +164,22 @@ def test_total_loss_is_eq_7_over_all_subsets(cls, tmp_path):
     trainer.network.train()
     seg, aux = trainer.network(x, availability, return_aux=True)
     total, terms = trainer.compute_loss(seg, aux, target, availability)
+    values = {k: float(v.detach()) for k, v in terms.items()}
     outs = [o.detach().double().numpy() for o in aux['_subset_outputs']]
     labels = [t.double().numpy() for t in target]
     weights = (2 / 3, 1 / 3, 0.0)
     dice = np.mean([sum(w * numpy_soft_dice(o[s], y) for w, o, y in zip(weights, outs, labels)) for s in range(15)])
-    assert float(terms['seg']) == pytest.approx(dice, rel=1e-4)
-    expected = dice + cls.aux_loss_weights['mi'] * (float(terms['mi']) if 'mi' in terms else 0.0)
+    assert values['seg'] == pytest.approx(dice, rel=1e-4)
+    expected = dice + cls.aux_loss_weights['mi'] * values.get('mi', 0.0)
     assert ('mi' in terms) == (cls.aux_loss_weights['mi'] > 0)
     if cls.aux_loss_weights['hd'] > 0:
         hd = np.mean([sum(w * numpy_image_holder(o[s], y) for w, o, y in zip(weights[:2], outs, labels))
                       for s in range(15)])
-        assert float(terms['hd']) == pytest.approx(hd, rel=1e-4)
+        assert values['hd'] == pytest.approx(hd, rel=1e-4)
         expected += cls.aux_loss_weights['hd'] * hd
     else:
         assert 'hd' not in terms
-    assert float(total) == pytest.approx(expected, rel=1e-4)
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-4)
     total.backward()
     # every parameter but the lowest-resolution head (deep supervision weight 0 in nnU-Net) is trained
     no_grad = {n for n, p in trainer.network.named_parameters() if p.grad is None}
