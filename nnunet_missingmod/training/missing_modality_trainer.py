@@ -75,6 +75,7 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         self._epoch_terms: Dict[str, List[float]] = defaultdict(list)
         self._epoch_subsets: Counter = Counter()
         self._gradient_shares: Dict[str, List[float]] = defaultdict(list)
+        self._gradient_share_steps_done = 0
         self._gradient_shares_logged = False
 
     def initialize(self):
@@ -189,22 +190,27 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
                 output, aux = self.network(data), {}
             return self.compute_loss(output, aux, target, availability)
 
+    def _gradient_norm(self, value: torch.Tensor) -> float:
+        """``||grad(value)||`` over the network's parameters; the graph is retained for the step's backward."""
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(value.float(), params, retain_graph=True, allow_unused=True)
+        return float(torch.sqrt(sum(g.float().square().sum() for g in grads if g is not None)))
+
+    def term_gradient_norms(self, terms: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """``||grad(w_k L_k)||`` over the network's parameters, per weighted term (one backward pass each)."""
+        return {k: self._gradient_norm(self.term_weight(k) * v) for k, v in terms.items()
+                if self.term_weight(k) != 0 and v.requires_grad}
+
     def gradient_shares(self, terms: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """``||grad(w_k L_k)|| / ||grad(sum_k w_k L_k)||`` over the network's parameters, per weighted term.
 
-        Shows a term that dominates the gradient or vanishes from it. Costs one extra backward pass per term (the
-        graph is retained), which is why it runs only for the first :attr:`gradient_share_steps` steps.
+        Shows a term that dominates the gradient or vanishes from it. The training step computes the same shares
+        with the total norm that gradient clipping returns, so that it pays one extra backward pass per term, only
+        for the first :attr:`gradient_share_steps` steps.
         """
-        params = [p for p in self.network.parameters() if p.requires_grad]
-        weighted = {k: self.term_weight(k) * v for k, v in terms.items() if self.term_weight(k) != 0 and
-                    v.requires_grad}
-
-        def norm(value: torch.Tensor) -> torch.Tensor:
-            grads = torch.autograd.grad(value.float(), params, retain_graph=True, allow_unused=True)
-            return torch.sqrt(sum(g.float().square().sum() for g in grads if g is not None))
-
-        total = norm(sum(weighted.values())).clamp_min(1e-12)
-        return {k: float(norm(v) / total) for k, v in weighted.items()}
+        norms = self.term_gradient_norms(terms)
+        total = max(self._gradient_norm(sum(self.term_weight(k) * terms[k] for k in norms)), 1e-12)
+        return {k: v / total for k, v in norms.items()}
 
     # ----------------------------------------------------------------- training loop
     def on_train_epoch_start(self):
@@ -225,21 +231,23 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
 
         self.optimizer.zero_grad(set_to_none=True)
         loss, terms = self.forward_loss(data, target, availability)
-        if not self._gradient_shares_logged and not self.is_ddp and \
-                len(next(iter(self._gradient_shares.values()), ())) < self.gradient_share_steps:
-            for name, share in self.gradient_shares(terms).items():
-                self._gradient_shares[name].append(share)
+        diagnose = self._gradient_share_steps_done < self.gradient_share_steps and not self.is_ddp
+        term_norms = self.term_gradient_norms(terms) if diagnose else {}
 
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            total_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            total_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
+        if diagnose:
+            self._gradient_share_steps_done += 1
+            for name, norm in term_norms.items():     # clipping returns the norm of the whole, unclipped gradient
+                self._gradient_shares[name].append(norm / max(float(total_norm), 1e-12))
         for name, value in terms.items():
             self._epoch_terms[name].append(float(value.detach()))
         return {'loss': loss.detach().cpu().numpy()}
@@ -252,8 +260,8 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
                 f' x{self.term_weight(k):g}' for k, v in self._epoch_terms.items()))
         if self._gradient_shares and not self._gradient_shares_logged:
             self._gradient_shares_logged = True
-            steps = len(next(iter(self._gradient_shares.values())))
-            self.print_to_log_file(f'share of the gradient norm per weighted term (first {steps} step(s) of this '
+            self.print_to_log_file(f'share of the gradient norm per weighted term (first '
+                                   f'{self._gradient_share_steps_done} step(s) of this '
                                    f'run): ' + ', '.join(f'{k} {np.mean(v):.3f}'
                                                          for k, v in self._gradient_shares.items()))
         self.print_to_log_file('modality subsets drawn: ' + ', '.join(
