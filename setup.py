@@ -10,6 +10,7 @@ setup(
     packages=find_packages(include=['nnunet_missingmod', 'nnunet_missingmod.*'])
     + ['nnunet_missingmod.dataset_conversion'],
     package_dir={'nnunet_missingmod.dataset_conversion': 'dataset_conversion'},
+    package_data={'nnunet_missingmod.splits': ['*.json']},  # the published BraTS splits
     install_requires=[
         'nnunetv2>=2.8.1,<2.9',
         'torch>=2.1',

@@ -13,10 +13,15 @@ Source layouts (auto-detected; one folder per case, found recursively, so 2018/2
 Target (whatever the source): ``$nnUNet_raw/DatasetXXX_NAME`` with channels ``0 T1, 1 T1ce, 2 T2, 3 FLAIR`` and
 nnU-Net's region-based BraTS labels, as in nnU-Net's own Dataset137 conversion: oedema -> 1, necrosis -> 2,
 enhancing -> 3; regions whole tumour (1, 2, 3), tumour core (2, 3), enhancing tumour (3). Cases with a
-segmentation go to ``imagesTr``/``labelsTr``, cases without to ``imagesTs``. With ``--split SPLIT.json``
-(``{"train": [...], "val": [...], "test": [...]}`` of source case names) train + val go to ``imagesTr`` and one fold
-is written to ``$nnUNet_preprocessed/DatasetXXX_NAME/splits_final.json``; test cases go to ``imagesTs`` with their
-labels in ``labelsTs``.
+segmentation go to ``imagesTr``/``labelsTr``, cases without to ``imagesTs``.
+
+Published splits: ``--split NAME`` (a split shipped in :mod:`nnunet_missingmod.splits`: ``rfnet2018-1/2/3``,
+``rfnet2020``, ``m2ftrans2021``) or ``--split PATH`` (``{"train": [...], "val": [...], "test": [...]}`` of case
+names). Every source case must be listed. train + val go to ``imagesTr``/``labelsTr`` and become the one fold of
+nnU-Net's ``splits_final.json`` (train it as fold 0): written into the raw data set, from where
+``nnUNetv2_plan_and_preprocess`` copies it, and to ``$nnUNet_preprocessed/DatasetXXX_NAME/``, where nnU-Net's trainer
+reads it; test cases go to ``imagesTs`` with their labels in ``labelsTs``. One split is one data set (the three
+BraTS 2018 splits are three data sets).
 
 Safety: every case is read and checked before anything is written (missing/extra files, empty case folders, label
 values, shape/spacing/origin/direction agreement, every voxel of every file decoded - a truncated ``.nii.gz`` is
@@ -27,7 +32,7 @@ existing target needs ``--overwrite`` and is then replaced by rename.
 
 Command line::
 
-    nnUNetv2_mm_convert_brats -i SRC -d ID [-n NAME] [--split SPLIT.json] [--overwrite] [--layout L] [-np N]
+    nnUNetv2_mm_convert_brats -i SRC -d ID [-n NAME] [--split NAME|PATH] [--overwrite] [--layout L] [-np N]
     nnUNetv2_mm_convert_brats --to-source PRED_DIR OUT_DIR --layout brats2020|brats2023
 """
 from __future__ import annotations
@@ -46,6 +51,8 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_missingmod.cli import ArgumentParser, command
+from nnunet_missingmod.splits import FOLDER as SPLITS_FOLDER
+from nnunet_missingmod.splits import available_splits, source_case_name, split_file
 
 #: The package's fixed channel order for BraTS.
 CHANNELS = ('T1', 'T1ce', 'T2', 'FLAIR')
@@ -56,6 +63,8 @@ REGIONS_CLASS_ORDER = [1, 2, 3]
 #: nnU-Net label of each tumour compartment.
 NNUNET_LABEL_OF = {'ED': 1, 'NCR': 2, 'ET': 3}
 FILE_ENDING = '.nii.gz'
+#: nnU-Net's file of custom cross-validation splits
+SPLITS_FINAL = 'splits_final.json'
 NIFTI_ENDINGS = ('.nii.gz', '.nii')
 
 
@@ -363,42 +372,56 @@ def check_cases(cases: list[SourceCase], layout: str, num_processes: int = 1, pr
 # split files and target folders
 
 
-def read_split(path: Path, cases: dict[str, SourceCase]) -> dict[str, list[str]]:
-    """Load and check a ``{"train": [...], "val": [...], "test": [...]}`` split of source case names."""
-    path = Path(path)
+def read_split(split, cases: dict[str, SourceCase], source: Path) -> dict[str, list[str]]:
+    """Load and check a split (a shipped split's name or a JSON file, see :mod:`nnunet_missingmod.splits`); returns
+    ``{"train", "val", "test"}`` lists of source case names (published names mapped by
+    :func:`~nnunet_missingmod.splits.source_case_name`)."""
     try:
-        split = json.loads(path.read_text())
+        path = split_file(split)
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
+    label = f'split {path.stem}' if path.parent == SPLITS_FOLDER else f'split file {path}'
+    try:
+        content = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ConversionError(f'split file {path}: cannot read it as JSON ({e})') from e
-    if not isinstance(split, dict):
-        raise ConversionError(f'split file {path}: expected an object {{"train": [...], "val": [...], "test": [...]}}')
-    if 'validation' in split and 'val' not in split:
-        split['val'] = split.pop('validation')
-    unknown = sorted(set(split) - {'train', 'val', 'test'})
+        raise ConversionError(f'{label}: cannot read it as JSON ({e})') from e
+    if not isinstance(content, dict):
+        raise ConversionError(f'{label}: expected an object {{"train": [...], "val": [...], "test": [...]}}')
+    if 'validation' in content and 'val' not in content:
+        content['val'] = content.pop('validation')
+    unknown = sorted(set(content) - {'train', 'val', 'test', 'source'})
     if unknown:
-        raise ConversionError(f'split file {path}: unknown key(s) {unknown}; expected train, val, test')
+        raise ConversionError(f'{label}: unknown key(s) {unknown}; expected train, val, test (and source)')
     out = {}
     for key in ('train', 'val', 'test'):
-        names = split.get(key, [])
+        names = content.get(key, [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ConversionError(f'split file {path}: "{key}" must be a list of case names')
+            raise ConversionError(f'{label}: "{key}" must be a list of case names')
         out[key] = list(names)
     if not out['train']:
-        raise ConversionError(f'split file {path}: the "train" list is empty')
-    errors, owner = [], {}
+        raise ConversionError(f'{label}: the "train" list is empty')
+    errors, owner, absent = [], {}, []
     for key in ('train', 'val', 'test'):
-        for n in out[key]:
+        resolved = []
+        for listed in out[key]:
+            n = source_case_name(listed, cases)
+            if n is None:
+                absent.append(listed)
+                continue
             if n in owner:
-                errors.append(f'split file {path}: case {n} is listed in "{owner[n]}" and in "{key}"')
+                errors.append(f'{label}: case {n} is listed in "{owner[n]}" and in "{key}"')
                 continue
             owner[n] = key
-            if n not in cases:
-                errors.append(f'split file {path}: case {n} ({key}) is not in the source')
-            elif key in ('train', 'val') and 'seg' not in cases[n].files:
-                errors.append(f'split file {path}: {key} case {n} has no segmentation file in {cases[n].folder}')
+            resolved.append(n)
+            if key in ('train', 'val') and 'seg' not in cases[n].files:
+                errors.append(f'{label}: {key} case {n} has no segmentation file in {cases[n].folder}')
+        out[key] = resolved
+    if absent:
+        shown = ', '.join(absent[:10]) + (f' ... and {len(absent) - 10} more' if len(absent) > 10 else '')
+        errors.insert(0, f'{label}: {len(absent)} listed case(s) not in the source folder {source}: {shown}')
     unlisted = sorted(set(cases) - set(owner))
     if unlisted:
-        errors.append(f'split file {path}: {len(unlisted)} source case(s) are in no list, e.g. '
+        errors.append(f'{label}: {len(unlisted)} source case(s) are in no list, e.g. '
                       f'{", ".join(unlisted[:5])}; list every case (or remove it from the source)')
     if errors:
         raise ConversionError(_join_errors(errors))
@@ -518,9 +541,9 @@ def convert_brats(source, dataset_id: int, name: str | None = None, split=None, 
                   layout: str | None = None, num_processes: int = 1, progress: bool = True) -> Path:
     """Convert a BraTS folder into ``$nnUNet_raw/DatasetXXX_NAME``; returns the data set folder.
 
-    ``layout`` (``brats2020``/``brats2023`` or an alias) restricts detection to that layout; ``split`` is the path
-    of a ``{"train", "val", "test"}`` JSON file of source case names. Raises :class:`ConversionError` for any bad
-    input, before anything is written.
+    ``layout`` (``brats2020``/``brats2023`` or an alias) restricts detection to that layout; ``split`` is a shipped
+    split's name (``rfnet2018-1`` ...) or the path of a ``{"train", "val", "test"}`` JSON file of case names. Raises
+    :class:`ConversionError` for any bad input, before anything is written.
     """
     source = Path(source).resolve()
     layout, cases = find_cases(source, layout)
@@ -532,8 +555,8 @@ def convert_brats(source, dataset_id: int, name: str | None = None, split=None, 
     by_name = {c.name: c for c in cases}
     splits_file = None
     if split is not None:
-        assignment = read_split(split, by_name)
-        splits_file = _preprocessed_root() / folder_name / 'splits_final.json'
+        assignment = read_split(split, by_name, source)
+        splits_file = _preprocessed_root() / folder_name / SPLITS_FINAL
         if _inside(splits_file, source):
             raise ConversionError(f'{splits_file} would be written inside the source folder {source}')
         train = assignment['train'] + assignment['val']
@@ -574,6 +597,8 @@ def convert_brats(source, dataset_id: int, name: str | None = None, split=None, 
             reference='https://www.synapse.org/brats', license='see the BraTS data terms of use',
             converted_by='nnunet_missingmod.dataset_conversion.brats', source_layout=layout,
             source_label_mapping={str(spec.labels[c]): NNUNET_LABEL_OF[c] for c in ('ED', 'NCR', 'ET')})
+        if assignment is not None:
+            (tmp / SPLITS_FINAL).write_text(json.dumps(_fold(assignment), indent=4))
         if target.exists():
             old = target.with_name(f'.{folder_name}.old-{os.getpid()}')
             os.rename(target, old)
@@ -587,8 +612,13 @@ def convert_brats(source, dataset_id: int, name: str | None = None, split=None, 
     if splits_file is not None:
         splits_file.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporary_folders(splits_file.parent)
-        _atomic_write_json([{'train': assignment['train'], 'val': assignment['val']}], splits_file)
+        _atomic_write_json(_fold(assignment), splits_file)
     return target
+
+
+def _fold(assignment: dict) -> list[dict]:
+    """nnU-Net's ``splits_final.json`` content: one fold, the split's train and val cases."""
+    return [{'train': assignment['train'], 'val': assignment['val']}]
 
 
 def convert_predictions_to_source(pred_dir, out_dir, layout: str, progress: bool = True) -> list[Path]:
@@ -634,7 +664,14 @@ def _parser(prog: str, dataset_id: int | None = None, name: str | None = None,
                    help='nnU-Net dataset id' + (f' (default {dataset_id})' if dataset_id else ''))
     p.add_argument('-n', '--name', default=name, help='data set name (default: BraTS2020 / BraTS2023 by layout)'
                    if name is None else f'data set name (default {name})')
-    p.add_argument('--split', help='JSON {"train": [...], "val": [...], "test": [...]} of source case names')
+    p.add_argument('--split', metavar='NAME|PATH',
+                   help='a published train/val/test split: one of ' + ', '.join(available_splits()) + ' (BraTS '
+                   '2018 splits 1-3 of RFNet/M2FTrans, BraTS 2020 of RFNet/M2FTrans, BraTS 2021 of M2FTrans), or a '
+                   'JSON file {"train": [...], "val": [...], "test": [...]} of case names. train + val go to '
+                   'imagesTr/labelsTr and become fold 0 of nnU-Net\'s splits_final.json (written to the raw data set, '
+                   'from where nnUNetv2_plan_and_preprocess copies it, and to $nnUNet_preprocessed/DatasetXXX_NAME); '
+                   'test goes to imagesTs/labelsTs. Every source case must be listed; RFNet\'s HG_/LG_ name prefixes '
+                   'are mapped to the case folders')
     p.add_argument('--overwrite', action='store_true', help='replace an existing target data set')
     p.add_argument('--layout', default=layout, help='brats2020 (2018/2019/2021) or brats2023; for conversion the '
                    'default is auto-detection, --to-source needs it')
