@@ -64,3 +64,58 @@ def test_names_and_bad_inputs_fail_with_one_line(tmp_path):
         assert result.returncode != 0 and needle in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
     assert not (tmp_path / 'o1').exists()
+
+
+def split_benchmark(folder, trainer, case_values, offsets):
+    """A benchmark output whose case ``i`` has Dice ``case_values[i] + offsets[(subset, region)]``,
+    HD95 = 10 * (1 - Dice)."""
+    rows = [{'case': f'c{i}', 'subset': subset, 'n_missing': N_MISSING[subset], 'region': region,
+             'Dice': value + offset, 'HD95': 10 * (1 - value - offset)}
+            for (subset, region), offset in offsets.items() for i, value in enumerate(case_values)]
+    write_reports(rows, SUBSETS, N_MISSING, REGIONS, str(folder), model={'trainer': trainer})
+    return folder
+
+
+OFFSET = {('FLAIR', 'WT'): 0.0, ('T1ce', 'WT'): -0.2, ('FLAIR+T1ce', 'WT'): 0.1,
+          ('FLAIR', 'ET'): -0.3, ('T1ce', 'ET'): 0.0, ('FLAIR+T1ce', 'ET'): 0.0}
+
+
+def test_average_splits_reports_the_mean_of_the_per_split_means(tmp_path):
+    # method A: split means 0.9 (1 case), 0.4 (3 cases), 0.6 (2 cases) -> mean of the split means 0.6333; the pooled
+    # six cases would give 3.3 / 6 = 0.55. Method B: 0.5 everywhere in every split
+    a = [split_benchmark(tmp_path / f'a{k}', 'TrA', cases, OFFSET)
+         for k, cases in enumerate(([0.9], [0.6, 0.3, 0.3], [0.5, 0.7]), 1)]
+    b = [split_benchmark(tmp_path / f'b{k}', 'TrB', [0.45, 0.55], dict.fromkeys(OFFSET, 0.0)) for k in (1, 2, 3)]
+    out = tmp_path / 'cmp'
+    result = run('-i', *a, *b, '--average-splits', 3, '-o', out)
+    assert result.returncode == 0, result.stderr
+    table = (out / 'comparison_dice.md').read_text().splitlines()
+    # WT: 63.33 + offsets 0 / -20 / +10, Avg (63.33 + 43.33 + 73.33) / 3 = 60.00; ET: offsets -30 / 0 / 0
+    assert table[2] == '| WT | TrA | **63.33** | 43.33 | **73.33** | **60.00** |'
+    assert table[3] == '|  | TrB | 50.00 | **50.00** | 50.00 | 50.00 |'
+    assert table[4] == '| ET | TrA | 33.33 | **63.33** | **63.33** | **53.33** |'
+    assert table[5] == '|  | TrB | **50.00** | 50.00 | 50.00 | 50.00 |'
+    assert table[-1] == ("Values: mean over 3 splits of the per-split means (RFNet's BraTS 2018 average), not a mean "
+                         "over the pooled cases.")
+    hd95 = (out / 'comparison_hd95.md').read_text()
+    assert '| WT | TrA | **3.67** | 5.67 | **2.67** | **4.00** |' in hd95  # 10 * (1 - Dice), lower is better
+    merged = json.loads((out / 'comparison.json').read_text())
+    assert merged['average'].startswith('mean over 3 splits of the per-split means')
+    assert merged['methods']['TrA']['mean']['Dice']['FLAIR']['WT'] == pytest.approx(0.9 / 3 + 0.4 / 3 + 0.6 / 3)
+    assert merged['methods']['TrA']['Avg']['Dice']['ET'] == pytest.approx(0.5333333)
+    assert merged['methods']['TrB']['splits'] == [str(f.resolve()) for f in b]
+    assert 'mean over 3 splits of the per-split means' in result.stdout
+    assert 'comparison of 2 methods (6 benchmarks)' in result.stdout
+
+
+def test_average_splits_bad_inputs_fail_with_one_line(tmp_path):
+    a = [split_benchmark(tmp_path / f'a{k}', 'TrA', [0.5], OFFSET) for k in (1, 2)]
+    for args, needle in [(('-i', *a, a[0], '-o', tmp_path / 'o1', '--average-splits', 2),
+                          '--average-splits 2: -i gives 3 benchmark folders, not a multiple of 2'),
+                         (('-i', a[0], a[0], '-o', tmp_path / 'o2', '--average-splits', 2),
+                          'of one method repeat a folder'),
+                         (('-i', *a, '-o', tmp_path / 'o3', '--average-splits', 0), 'must be at least 1')]:
+        result = run(*args)
+        assert result.returncode == 1 and needle in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
+    assert not any((tmp_path / o).exists() for o in ('o1', 'o2', 'o3'))

@@ -7,10 +7,18 @@ region block is marked (bold). Dice in %, HD95 in mm (lower is better). Written 
 * ``comparison_dice.md``/``.tex`` and ``comparison_hd95.md``/``.tex``;
 * ``dice_vs_missing.png``: mean Dice against the number of missing modalities, one panel per region, one line per
   method;
-* ``comparison.json``: the merged means (method -> metric -> subset -> region, and ``Avg``).
+* ``comparison.json``: the merged means (method -> metric -> subset -> region, and ``Avg``) and each method's
+  benchmark folder(s).
 
 Method names are the benchmarks' trainers (``summary.json``'s ``model.trainer``) unless ``--names`` gives them; the
 benchmarks must share subsets and regions. Nothing is written when an input is unusable.
+
+``--average-splits K`` reports every method as the average over K data splits, RFNet's way for its three BraTS 2018
+splits (its README: "Brats2018 contains three different training and test splits and the average results are
+reported here"; each split's result is the mean over that split's test cases): ``-i`` then gives K benchmark folders
+per method, split 1 to K of the first method, then those of the second ...; every value (per subset and region, and
+``Avg``) is the mean of the K per-split means, not a mean over the pooled cases (the two agree when the splits' test
+sets are equally large and every value is defined, as for RFNet's 57-case test sets).
 """
 from __future__ import annotations
 
@@ -134,34 +142,76 @@ def _with_nan(summary: dict) -> dict:
     return {**summary, 'mean': mean}
 
 
-def compare(folders: Sequence[str], output: str, names: Sequence[str] | None = None) -> dict:
+def average_splits(summaries: Sequence[dict]) -> dict:
+    """One benchmark summary whose means (per metric, subset and region, and ``Avg``) are the means of the
+    per-split means of ``summaries`` (undefined per-split values are left out); the trainer if all splits share it."""
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+    first = summaries[0]
+    trainers = {s.get('model', {}).get('trainer') for s in summaries}
+    averaged = {m: {s: {r: mean(x['mean'][m][s][r] for x in summaries) for r in first['regions']}
+                    for s in first['subsets']} for m in first['mean']}
+    avg = {m: {r: mean(x['Avg'][m][r] for x in summaries) for r in first['regions']} for m in first['Avg']}
+    return {'mean': averaged, 'Avg': avg, 'subsets': first['subsets'], 'regions': first['regions'],
+            'n_missing': first['n_missing'], 'model': {'trainer': trainers.pop() if len(trainers) == 1 else None}}
+
+
+def compare(folders: Sequence[str], output: str, names: Sequence[str] | None = None, splits: int = 1) -> dict:
     """Merge the benchmark outputs in ``folders`` into the comparison files in ``output``; returns the merged
-    means ``{method: {'mean': ..., 'Avg': ...}}``."""
+    means ``{method: {'mean': ..., 'Avg': ...}}``. With ``splits`` K > 1, ``folders`` holds K consecutive splits per
+    method, each method's values averaged over them (:func:`average_splits`)."""
     if not folders:
         raise CommandError("no benchmark folder given")
+    if splits < 1:
+        raise CommandError(f"--average-splits {splits}: the number of splits must be at least 1")
+    if len(folders) % splits:
+        raise CommandError(f"--average-splits {splits}: -i gives {len(folders)} benchmark folders, not a multiple "
+                           f"of {splits} (the splits of every method, one after the other)")
     summaries = [load_benchmark(f) for f in folders]
     subsets, regions = summaries[0]['subsets'], summaries[0]['regions']
     for folder, summary in zip(folders[1:], summaries[1:]):
         if summary['subsets'] != subsets or summary['regions'] != regions:
             raise CommandError(f"{folder}: its subsets/regions differ from {folders[0]}'s; compare benchmarks of "
                                f"the same data set and --order")
-    methods = method_names(summaries, folders, names)
     if os.path.abspath(output) in {os.path.abspath(f) for f in folders}:
         raise CommandError(f"-o {output} is one of the benchmark folders; choose a new folder")
+    groups = [list(folders[i:i + splits]) for i in range(0, len(folders), splits)]
+    if splits > 1:
+        for group in groups:
+            if len({os.path.abspath(f) for f in group}) < splits:
+                raise CommandError(f"--average-splits {splits}: the splits {' '.join(group)} of one method repeat "
+                                   f"a folder; give each split's benchmark once")
+        summaries = [average_splits(summaries[i:i + splits]) for i in range(0, len(folders), splits)]
+        folders = [group[0] for group in groups]
+    methods = method_names(summaries, folders, names)
     os.makedirs(output, exist_ok=True)
     for metric in METRICS:
         stem = os.path.join(output, f'comparison_{metric.lower()}')
         with open(stem + '.md', 'w') as f:
             f.write(markdown_comparison(summaries, methods, metric, regions, subsets))
+            if splits > 1:
+                f.write(f'\nValues: {averaging_note(splits)}.\n')
         with open(stem + '.tex', 'w') as f:
             f.write(latex_comparison(summaries, methods, metric, regions, subsets))
     plot_comparison_curves(summaries, methods, regions, subsets, summaries[0]['n_missing'],
                            os.path.join(output, 'dice_vs_missing.png'))
-    merged = {m: {'mean': s['mean'], 'Avg': s['Avg'], 'source': os.path.abspath(f)}
-              for m, s, f in zip(methods, summaries, folders)}
+    merged = {m: {'mean': s['mean'], 'Avg': s['Avg'],
+                  **({'splits': [os.path.abspath(f) for f in group]} if splits > 1 else
+                     {'source': os.path.abspath(group[0])})}
+              for m, s, group in zip(methods, summaries, groups)}
+    report = {'subsets': subsets, 'regions': regions, 'methods': merged}
+    if splits > 1:
+        report['average'] = averaging_note(splits)
     with open(os.path.join(output, 'comparison.json'), 'w') as f:
-        json.dump({'subsets': subsets, 'regions': regions, 'methods': merged}, f, indent=2)
+        json.dump(report, f, indent=2)
     return merged
+
+
+def averaging_note(splits: int) -> str:
+    """What ``--average-splits`` reports, in words."""
+    return (f'mean over {splits} splits of the per-split means (RFNet\'s BraTS 2018 average), not a mean over the '
+            f'pooled cases')
 
 
 @command(PROG)
@@ -171,8 +221,15 @@ def main(argv=None) -> int:
     parser.add_argument('-i', nargs='+', required=True, metavar='BENCH_DIR', help='nnUNetv2_mm_benchmark -o folders')
     parser.add_argument('-o', required=True, help='output folder')
     parser.add_argument('--names', nargs='+', help='method names in the order of -i (default: the trainers)')
+    parser.add_argument('--average-splits', type=int, default=1, metavar='K',
+                        help='average every method over K data splits as RFNet does for BraTS 2018 (mean of the '
+                             'per-split means): -i gives split 1..K of the first method, then split 1..K of the '
+                             'second ...; --names one name per method')
     args = parser.parse_args(argv)
-    compare(args.i, args.o, args.names)
+    compare(args.i, args.o, args.names, args.average_splits)
     print(open(os.path.join(args.o, 'comparison_dice.md')).read())
-    print(f"comparison of {len(args.i)} benchmarks written to {args.o}")
+    if args.average_splits > 1:
+        print(f"values: {averaging_note(args.average_splits)}")
+    print(f"comparison of {len(args.i) // args.average_splits} methods ({len(args.i)} benchmarks) written to "
+          f"{args.o}")
     return 0
