@@ -144,6 +144,33 @@ def test_bad_argument_is_one_line_without_traceback(name, env, tmp_path):
     assert_one_line_error(command([name, *arguments], env), name, fragment)
 
 
+def bad_split_arguments(tmp: Path, source: Path, split: Path) -> dict:
+    """``{case: (command, arguments, fragment)}``: bad published-split input (``source``: two synthetic cases;
+    ``split``: a split file listing one more case)."""
+    return {
+        'unknown split name': ('nnUNetv2_mm_convert_brats', ['-i', source, '-d', '220', '--split', 'rfnet2019'],
+                               "unknown split 'rfnet2019': neither a file nor a shipped split"),
+        'split case not in the source': ('nnUNetv2_mm_convert_brats', ['-i', source, '-d', '220', '--split', split],
+                                         f'split file {split}: 1 listed case(s) not in the source folder {source}: '
+                                         f'BraTS20_Training_007'),
+        'splits not a multiple': ('nnUNetv2_mm_compare', ['-i', tmp / 'a1', tmp / 'a2', tmp / 'b1', '-o', tmp / 'out',
+                                                          '--average-splits', '2'], 'not a multiple of 2'),
+    }
+
+
+@pytest.mark.parametrize('case', ['unknown split name', 'split case not in the source', 'splits not a multiple'])
+def test_bad_split_input_is_one_line_and_writes_nothing(case, env, tmp_path):
+    from nnunet_missingmod.dataset_conversion.synthetic_brats import generate_dataset
+    source, split = tmp_path / 'src', tmp_path / 'split.json'
+    generate_dataset(source, 2, 'brats2020', shape=(24, 28, 20), progress=False)
+    split.write_text(json.dumps({'train': ['BraTS20_Training_001'],
+                                 'test': ['BraTS20_Training_002', 'BraTS20_Training_007']}))
+    name, arguments, fragment = bad_split_arguments(tmp_path, source, split)[case]
+    assert_one_line_error(command([name, *arguments], env), name, fragment, status=1)
+    assert not any(Path(env['nnUNet_raw']).iterdir()) and not any(Path(env['nnUNet_preprocessed']).iterdir())
+    assert not (tmp_path / 'out').exists()
+
+
 @pytest.mark.parametrize('name', sorted(ENTRY_POINTS))
 def test_usage_error_is_one_line_with_status_2(name, env):
     """argparse's usage errors (here an unknown option, or required arguments missing) are one line too."""
