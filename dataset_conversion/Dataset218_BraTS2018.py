@@ -2,7 +2,7 @@
 
 Usage (source e.g. the unpacked MICCAI_BraTS_2018_Data_Training; its HGG/LGG sub-folders are searched recursively):
 
-    python -m nnunet_missingmod.dataset_conversion.Dataset218_BraTS2018 -i SRC [--split SPLIT.json] [--overwrite]
+    python -m nnunet_missingmod.dataset_conversion.Dataset218_BraTS2018 -i SRC [--split rfnet2018-1] [--overwrite]
 
 All options of `nnUNetv2_mm_convert_brats` apply; id, name and layout (brats2020) are only defaults.
 """

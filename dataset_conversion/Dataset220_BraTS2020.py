@@ -2,7 +2,7 @@
 
 Usage (source e.g. the unpacked MICCAI_BraTS2020_TrainingData):
 
-    python -m nnunet_missingmod.dataset_conversion.Dataset220_BraTS2020 -i SRC [--split SPLIT.json] [--overwrite]
+    python -m nnunet_missingmod.dataset_conversion.Dataset220_BraTS2020 -i SRC [--split rfnet2020] [--overwrite]
 
 All options of `nnUNetv2_mm_convert_brats` apply; id, name and layout (brats2020) are only defaults.
 """

@@ -2,7 +2,7 @@
 
 Usage (source e.g. the unpacked RSNA_ASNR_MICCAI_BraTS2021_TrainingData):
 
-    python -m nnunet_missingmod.dataset_conversion.Dataset221_BraTS2021 -i SRC [--split SPLIT.json] [--overwrite]
+    python -m nnunet_missingmod.dataset_conversion.Dataset221_BraTS2021 -i SRC [--split m2ftrans2021] [--overwrite]
 
 All options of `nnUNetv2_mm_convert_brats` apply; id, name and layout (brats2020) are only defaults.
 """
