@@ -140,3 +140,22 @@ def test_bad_split_is_one_line_and_writes_nothing(env, source, tmp_path, split, 
     assert len(lines) == 1 and lines[0].startswith('nnUNetv2_mm_convert_brats: error: ') and fragment in lines[0], \
         result.stderr
     assert not any(Path(env['nnUNet_raw']).iterdir()) and not any(Path(env['nnUNet_preprocessed']).iterdir())
+
+
+def test_shipped_splits_resolve_against_the_official_case_folder_names(tmp_path):
+    """The official BraTS 2020 folders (BraTS20_Training_001 ... 369) take rfnet2020 with its HG_/LG_ names; the
+    BraTS 2018 and 2021 lists are folder names already."""
+    from nnunet_missingmod.dataset_conversion.brats import SourceCase, read_split
+
+    def folders(names):
+        return {n: SourceCase(n, tmp_path / n, {'seg': tmp_path / n / f'{n}_seg.nii.gz'}) for n in names}
+
+    names20 = [f'BraTS20_Training_{i:03d}' for i in range(1, 370)]
+    split = read_split('rfnet2020', folders(names20), tmp_path)
+    assert [len(split[k]) for k in ('train', 'val', 'test')] == [219, 50, 100]
+    assert sorted(split['train'] + split['val'] + split['test']) == names20
+    assert split['test'][0] == 'BraTS20_Training_001' and split['train'][0] == 'BraTS20_Training_002'
+    published18 = load('rfnet2018-2')
+    names18 = published18['train'] + published18['val'] + published18['test']
+    split = read_split('rfnet2018-2', folders(names18), tmp_path)
+    assert {k: split[k] for k in ('train', 'val', 'test')} == {k: published18[k] for k in ('train', 'val', 'test')}
