@@ -54,7 +54,7 @@ def method_names(summaries: Sequence[dict], folders: Sequence[str], names: Seque
     """``names`` if given, else each benchmark's trainer; folder names where trainers repeat or are unknown."""
     if names is not None:
         if len(names) != len(folders):
-            raise CommandError(f"--names gives {len(names)} names for {len(folders)} benchmark folders")
+            raise CommandError(f"--names gives {len(names)} names for {len(folders)} methods")
         return list(names)
     trainers = [s.get('model', {}).get('trainer') for s in summaries]
     if None in trainers or len(set(trainers)) < len(trainers):
