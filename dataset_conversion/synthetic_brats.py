@@ -38,13 +38,19 @@ Default geometry: ``80 x 96 x 64`` voxels (x = left-right, y = posterior-anterio
 voxels of a 1 mm BraTS volume so that preprocessing and training stay cheap on a CPU. Anatomy scales with the
 shape, so small shapes (e.g. ``40 x 48 x 32`` for unit tests) give the same picture at a coarser resolution.
 
+Foregrounds: by default every modality shares the brain mask (one skull-stripping for all series).
+``foregrounds='own'`` (``--foregrounds own``) gives each series its own foreground as separately acquired and
+skull-stripped series have (:data:`OWN_FOREGROUNDS`): FLAIR's brain mask eroded by about 4 mm, T2 acquired with a
+field of view that stops short of the vertex (the top 30 % of the volume along z is empty), T1 and T1ce on the
+full brain mask. The labels and the other voxels are those of the shared-foreground case of the same seed.
+
 Determinism: case ``i`` of seed ``s`` is drawn from ``numpy.random.SeedSequence(s, spawn_key=(i,))``, so the same
 seed gives byte-identical arrays, and a case does not depend on how many cases are generated.
 
 Command line::
 
     nnUNetv2_mm_synthetic -o DIR -n N [--layout brats2020|brats2023] [--seed S] [--shape X Y Z]
-                          [--pathology glioma|metastasis]
+                          [--pathology glioma|metastasis] [--foregrounds shared|own]
     python -m nnunet_missingmod.dataset_conversion.synthetic_brats -o DIR -n N ...
 
 ``DIR`` is created if missing. An existing ``DIR`` must be empty or a previous synthetic output (it holds the
@@ -237,6 +243,27 @@ def _metastases(rng, coords, shape, brain, tissue, ventricles, dist):
 
 #: tumour generators by pathology
 PATHOLOGIES = {'glioma': _tumour, 'metastasis': _metastases}
+#: ``foregrounds='own'``: per modality, ``(erosion in mm, fraction of the z axis cut off at the top)``
+OWN_FOREGROUNDS = {'T1': (0.0, 0.0), 'T1ce': (0.0, 0.0), 'T2': (0.0, 0.3), 'FLAIR': (4.0, 0.0)}
+FOREGROUNDS = ('shared', 'own')
+
+
+def modality_foreground(brain: np.ndarray, name: str, spacing: float, foregrounds: str = 'shared') -> np.ndarray:
+    """The voxels where modality ``name`` has signal: the brain mask (``'shared'``), or the brain mask eroded and
+    cut as :data:`OWN_FOREGROUNDS` says (``'own'``)."""
+    if foregrounds not in FOREGROUNDS:
+        raise ValueError(f'unknown foregrounds {foregrounds!r}; choose one of {FOREGROUNDS}')
+    if foregrounds == 'shared':
+        return brain
+    erosion_mm, top_cut = OWN_FOREGROUNDS[name]
+    mask = brain
+    if erosion_mm > 0:
+        mask = ndimage.binary_erosion(brain, ndimage.generate_binary_structure(3, 1),
+                                      iterations=max(1, int(round(erosion_mm / spacing))))
+    if top_cut > 0:
+        mask = mask.copy()
+        mask[:, :, int(round(brain.shape[2] * (1 - top_cut))):] = False
+    return mask
 
 
 def _modality_image(rng, m: int, shape, brain, tissue, seg, water) -> np.ndarray:
@@ -273,8 +300,9 @@ def affine_for(shape: Sequence[int], spacing: float = DEFAULT_SPACING) -> np.nda
 
 
 def generate_case(rng: np.random.Generator, shape: Sequence[int] = DEFAULT_SHAPE,
-                  spacing: float = DEFAULT_SPACING, pathology: str = 'glioma') -> dict:
-    """Draw one case with a tumour of ``pathology`` (see :data:`PATHOLOGIES`).
+                  spacing: float = DEFAULT_SPACING, pathology: str = 'glioma', foregrounds: str = 'shared') -> dict:
+    """Draw one case with a tumour of ``pathology`` (see :data:`PATHOLOGIES`); ``foregrounds``: see
+    :func:`modality_foreground`.
 
     Returns a dict with ``images`` (``{'T1', 'T1ce', 'T2', 'FLAIR'}`` -> int16 arrays), ``seg`` (uint8, neutral
     convention 0 background, 1 necrosis/non-enhancing core, 2 oedema, 3 enhancing tumour), ``brain`` (bool),
@@ -286,9 +314,14 @@ def generate_case(rng: np.random.Generator, shape: Sequence[int] = DEFAULT_SHAPE
         raise ValueError(f'shape must be three sizes of at least 8 voxels, got {shape}')
     if pathology not in PATHOLOGIES:
         raise ValueError(f'unknown pathology {pathology!r}; choose one of {sorted(PATHOLOGIES)}')
+    if foregrounds not in FOREGROUNDS:
+        raise ValueError(f'unknown foregrounds {foregrounds!r}; choose one of {FOREGROUNDS}')
     coords, brain, tissue, ventricles, dist = _anatomy(rng, shape)
     seg, water, info = PATHOLOGIES[pathology](rng, coords, shape, brain, tissue, ventricles, dist)
     images = {name: _modality_image(rng, m, shape, brain, tissue, seg, water) for m, name in enumerate(MODALITIES)}
+    if foregrounds != 'shared':
+        for name, image in images.items():
+            image[~modality_foreground(brain, name, spacing, foregrounds)] = 0
     return {'images': images, 'seg': seg, 'brain': brain, 'tissue': tissue, 'affine': affine_for(shape, spacing),
             'info': info}
 
@@ -343,12 +376,14 @@ def _check_output_folder(out_dir: Path) -> list[str]:
 
 def generate_dataset(out_dir, n: int, layout: str = 'brats2020', seed: int = 0,
                      shape: Sequence[int] = DEFAULT_SHAPE, spacing: float = DEFAULT_SPACING,
-                     progress: bool = True, pathology: str = 'glioma') -> list[Path]:
+                     progress: bool = True, pathology: str = 'glioma', foregrounds: str = 'shared') -> list[Path]:
     """Write ``n`` synthetic cases (numbered from 1) in a BraTS layout into ``out_dir``; returns the case folders."""
     if n < 1:
         raise ValueError(f'number of cases must be positive, got {n}')
     if pathology not in PATHOLOGIES:
         raise ValueError(f'unknown pathology {pathology!r}; choose one of {sorted(PATHOLOGIES)}')
+    if foregrounds not in FOREGROUNDS:
+        raise ValueError(f'unknown foregrounds {foregrounds!r}; choose one of {FOREGROUNDS}')
     spec = LAYOUTS[canonical_layout(layout)]
     out_dir = Path(out_dir)
     previous = _check_output_folder(out_dir)
@@ -360,10 +395,11 @@ def generate_dataset(out_dir, n: int, layout: str = 'brats2020', seed: int = 0,
     # the marker first: an interrupted run can be re-run into the same folder
     (out_dir / MARKER).write_text(json.dumps({
         'generator': 'nnunet_missingmod.dataset_conversion.synthetic_brats', 'layout': spec.name, 'seed': seed,
-        'shape': list(map(int, shape)), 'spacing_mm': spacing, 'pathology': pathology, 'cases': names}, indent=1))
+        'shape': list(map(int, shape)), 'spacing_mm': spacing, 'pathology': pathology, 'foregrounds': foregrounds,
+        'cases': names}, indent=1))
     folders = []
     for i, name in enumerate(tqdm(names, desc='synthetic cases', disable=not progress), start=1):
-        case = generate_case(case_rng(seed, i), shape, spacing, pathology)
+        case = generate_case(case_rng(seed, i), shape, spacing, pathology, foregrounds)
         folders.append(write_case(case, out_dir, name, spec.name))
     return folders
 
@@ -385,9 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--spacing', type=float, default=DEFAULT_SPACING, help='isotropic voxel size in mm')
     parser.add_argument('--pathology', choices=sorted(PATHOLOGIES), default='glioma',
                         help='glioma (default) or BraTS-METS-like metastases (several small lesions, wide oedema)')
+    parser.add_argument('--foregrounds', choices=FOREGROUNDS, default='shared',
+                        help="shared (default): every modality on one brain mask; own: each series its own "
+                             "foreground (FLAIR's eroded by 4 mm, T2's field of view without the top 30 %% of z)")
     args = parser.parse_args(argv)
     generate_dataset(args.output, args.num_cases, args.layout, args.seed, args.shape, args.spacing,
-                         pathology=args.pathology)
+                     pathology=args.pathology, foregrounds=args.foregrounds)
     return 0
 
 

@@ -194,6 +194,24 @@ def test_output_folder_rules(tmp_path):
                                                      sb.MARKER]
 
 
+def test_own_foregrounds_per_modality():
+    """``foregrounds='own'``: FLAIR on the brain eroded by one 3 mm voxel, T2 without the top 30 % of z, T1/T1ce
+    on the brain; labels and every kept voxel as in the shared-foreground case of the same seed."""
+    shared = sb.generate_case(sb.case_rng(2, 1), SMALL, 3.0)
+    own = sb.generate_case(sb.case_rng(2, 1), SMALL, 3.0, foregrounds='own')
+    brain = shared['brain']
+    expected = {'T1': brain, 'T1ce': brain, 'FLAIR': ndimage.binary_erosion(brain, iterations=1),
+                'T2': brain & (np.arange(SMALL[2]) < SMALL[2] - round(0.3 * SMALL[2]))[None, None, :]}
+    assert np.array_equal(own['seg'], shared['seg'])
+    for name in sb.MODALITIES:
+        kept = expected[name]
+        assert np.array_equal(own['images'][name][kept], shared['images'][name][kept])
+        assert not own['images'][name][~kept].any()
+    assert expected['FLAIR'].sum() < 0.85 * brain.sum() and expected['T2'].sum() < 0.9 * brain.sum()
+    with pytest.raises(ValueError, match="unknown foregrounds 'none'"):
+        sb.generate_case(sb.case_rng(2, 1), SMALL, foregrounds='none')
+
+
 def test_cli(tmp_path):
     out = tmp_path / 'cli'
     result = subprocess.run([sys.executable, '-m', 'nnunet_missingmod.dataset_conversion.synthetic_brats', '-o',
