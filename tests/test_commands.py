@@ -64,6 +64,32 @@ def bad_arguments(tmp: Path) -> dict:
     }
 
 
+def bad_flag_values(tmp: Path) -> dict:
+    """``{case: (command, arguments, fragment, exit status)}``: bad values of flags beyond the first table's."""
+    missing = str(tmp / 'does_not_exist')
+    bench = ['-i', missing, '-l', missing, '-o', str(tmp / 'out'), '-d', '4711', '-c', '3d_fullres', '-device', 'cpu']
+    return {
+        'benchmark --absence': ('nnUNetv2_mm_benchmark', [*bench, '--absence', 'never'],
+                                "argument --absence: invalid choice: 'never'", 2),
+        # panoptica hidden (see the test): the one line names the extra to install
+        'benchmark --lesionwise': ('nnUNetv2_mm_benchmark', [*bench, '--lesionwise'],
+                                   "lesion-wise metrics need panoptica: pip install -e '.[brats]'", 1),
+        'synthetic --foregrounds': ('nnUNetv2_mm_synthetic', ['-o', str(tmp / 'synthetic'), '-n', '1',
+                                                              '--foregrounds', 'separate'],
+                                    "argument --foregrounds: invalid choice: 'separate'", 2),
+    }
+
+
+@pytest.mark.parametrize('case', sorted(bad_flag_values(Path('.'))))
+def test_bad_flag_value_is_one_line(case, env, tmp_path):
+    name, arguments, fragment, status = bad_flag_values(tmp_path)[case]
+    hidden = tmp_path / 'hidden' / 'panoptica'
+    hidden.mkdir(parents=True)
+    (hidden / '__init__.py').write_text("raise ImportError('panoptica hidden by the test')\n")
+    env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(hidden.parent), env.get('PYTHONPATH')])))
+    assert_one_line_error(command([name, *arguments], env), name, fragment, status=status)
+
+
 #: commands whose ``-device`` defaults to cuda (as nnU-Net's), with the other required arguments
 CUDA_DEFAULT = {
     'nnUNetv2_mm_predict': ['-i', '{tmp}', '-o', '{tmp}/out', '-d', '4711', '-c', '3d_fullres'],

@@ -1,21 +1,34 @@
 """``nnUNetv2_mm_benchmark``: Dice and HD95 of a trained nnU-Net model under every non-empty modality subset.
 
-Each case is preprocessed once (``-i``/``-l``: nnU-Net's preprocessor on the raw images; ``--val``: the
-preprocessed data nnU-Net wrote for training); every subset is then applied in preprocessed space (missing
-channels zeroed, the case-level availability mask passed to missing-modality networks by
-:class:`~nnunet_missingmod.inference.predict.MissingModalityPredictor`), the logits are brought back to the
-original geometry with nnU-Net's ``convert_predicted_logits_to_segmentation_with_correct_shape`` and scored against
-the reference label map with :mod:`nnunet_missingmod.evaluation.metrics`.
+How a missing modality is made absent (``--absence``):
+
+* ``raw``: each case is preprocessed once per subset from the files of the present modalities only, the missing
+  ones zero-filled in the geometry of a present one, exactly as ``nnUNetv2_mm_predict`` sees a case whose missing
+  files are absent (its :func:`~nnunet_missingmod.inference.predict.prepare_case_files`, then nnU-Net's
+  preprocessor). The crop and the z-score masks come from the present modalities' foreground alone.
+* ``preprocessed``: each case is preprocessed once with all modalities and every subset is applied in
+  preprocessed space (missing channels zeroed). Fast, but the crop and the normalisation masks of the present
+  channels come from the union of *all* modalities' foregrounds: where a dropped modality covers voxels that the
+  present ones do not (separately skull-stripped series, a shorter field of view), the present channels carry
+  the constant their z-scoring gives a zero there, and their mean and standard deviation include those voxels.
+
+In both, the case-level availability mask goes to missing-modality networks
+(:class:`~nnunet_missingmod.inference.predict.MissingModalityPredictor`), the logits are brought back to the
+original geometry with nnU-Net's ``convert_predicted_logits_to_segmentation_with_correct_shape`` and scored
+against the reference label map with :mod:`nnunet_missingmod.evaluation.metrics` and, with ``--lesionwise``,
+:mod:`nnunet_missingmod.evaluation.lesionwise`.
 
 ``-i``/``-l`` ensembles the folds given with ``-f`` (as ``nnUNetv2_predict``); ``--val`` predicts each fold's
-validation cases (``splits_final.json``) with that fold's model (cross-validation). Works with any trainer, the
-stock ``nnUNetTrainer`` included (its network just sees zero-filled channels).
+validation cases (``splits_final.json``) with that fold's model (cross-validation; under ``--absence raw`` from
+the raw images in ``$nnUNet_raw/DatasetXXX/imagesTr``). Works with any trainer, the stock ``nnUNetTrainer``
+included (its network just sees zero-filled channels).
 
 Outputs in ``-o``: ``per_case.csv``, ``summary.json``, ``table_dice.md/.tex``, ``table_hd95.md/.tex``,
-``heatmap_dice.png``, ``dice_vs_missing.png`` (see :func:`nnunet_missingmod.evaluation.tables.write_reports`) and,
-with ``--save_predictions``, ``predictions/<subset>/<case><file_ending>``. A non-empty ``-o`` is refused unless
-``--overwrite``, which first removes these outputs of an earlier run (other files are left alone). Every reference
-label map is read and its label values checked before the first prediction.
+``heatmap_dice.png``, ``dice_vs_missing.png`` (see :func:`nnunet_missingmod.evaluation.tables.write_reports`),
+with ``--lesionwise`` also ``table_lesionwise.md`` and, with ``--save_predictions``,
+``predictions/<subset>/<case><file_ending>``. A non-empty ``-o`` is refused unless ``--overwrite``, which first
+removes these outputs of an earlier run (other files are left alone). Every reference label map is read and its
+label values checked before the first prediction.
 """
 from __future__ import annotations
 
@@ -23,7 +36,8 @@ import argparse
 import os
 import shutil
 import sys
-from typing import Iterator, List, Sequence, Tuple
+import tempfile
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,24 +45,32 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from tqdm import tqdm
 
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-from nnunetv2.paths import nnUNet_preprocessed
+from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
 from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
 from nnunet_missingmod.env import enable_ext_trainers
-from nnunet_missingmod.evaluation.metrics import HD95_EMPTY_CHOICES, all_labels_of, empty_hd95_value, evaluate_case
+from nnunet_missingmod.evaluation import lesionwise
+from nnunet_missingmod.evaluation.metrics import (HD95_EMPTY_CHOICES, HD95_PENALTY_MM, all_labels_of,
+                                                  empty_hd95_value, evaluate_case)
 from nnunet_missingmod.evaluation.tables import write_reports
 from nnunet_missingmod.inference.predict import (MissingModalityPredictor, add_nnunet_predict_arguments,
-                                                 make_predictor, scan_input_folder)
+                                                 make_predictor, prepare_case_files, scan_input_folder)
 from nnunet_missingmod.modalities import (MODALITY_ORDERS, all_subsets, channel_order, modality_names,
                                           parse_subset, subset_name, subset_to_mask)
 from nnunet_missingmod.regions import dataset_regions
 
-Case = Tuple[str, torch.Tensor, dict, str]  # identifier, preprocessed data, properties, reference file
+#: the preprocessed data and properties of a case under a subset (channel indices of the present modalities)
+SubsetInput = Callable[[Tuple[int, ...]], Tuple[torch.Tensor, dict]]
+Case = Tuple[str, SubsetInput, str]  # identifier, its input under each subset, reference file
+#: ``--absence``: how a missing modality is made absent (see the module docstring)
+ABSENCE_MODES = ('raw', 'preprocessed')
+DEFAULT_ABSENCE = 'preprocessed'
 #: what the benchmark writes into ``-o`` (``--overwrite`` removes exactly these)
 OUTPUT_NAMES = ('per_case.csv', 'summary.json', 'table_dice.md', 'table_dice.tex', 'table_hd95.md', 'table_hd95.tex',
-                'heatmap_dice.png', 'dice_vs_missing.png', 'predictions')
+                'table_lesiondice.md', 'table_lesiondice.tex', 'table_lesionhd95.md', 'table_lesionhd95.tex',
+                'table_lesionwise.md', 'heatmap_dice.png', 'dice_vs_missing.png', 'predictions')
 
 
 def prepare_output_folder(folder: str, overwrite: bool) -> None:
@@ -121,49 +143,98 @@ def validation_keys(folder: str, fold: int) -> List[str]:
     return sorted(splits[fold]['val'])
 
 
+def _tensor(data) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(data), dtype=np.float32))
+
+
+def _same_for_every_subset(data: torch.Tensor, properties: dict) -> SubsetInput:
+    """``--absence preprocessed``: one preprocessed case for every subset (the predictor zeroes missing channels)."""
+    return lambda subset: (data, properties)
+
+
+def present_files_input(predictor: MissingModalityPredictor, case: str, files: Dict[int, str]) -> SubsetInput:
+    """``--absence raw``: under a subset, ``case`` preprocessed from the files of the present modalities only, as
+    ``nnUNetv2_mm_predict`` sees a case whose other files are absent (its :func:`prepare_case_files` zero-fills
+    them in the geometry of a present modality, then nnU-Net's preprocessor runs on the files)."""
+    dataset_json = predictor.dataset_json
+    names, ending = modality_names(dataset_json), dataset_json['file_ending']
+    reader_writer = predictor.plans_manager.image_reader_writer_class()
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+
+    def subset_input(subset: Tuple[int, ...]) -> Tuple[torch.Tensor, dict]:
+        present = {c: f for c, f in files.items() if c in subset}
+        with tempfile.TemporaryDirectory(prefix='mm_benchmark_absent_') as zero_folder:
+            paths, _ = prepare_case_files(case, present, names, [], reader_writer, ending, zero_folder)
+            data, _, properties = preprocessor.run_case(paths, None, predictor.plans_manager,
+                                                        predictor.configuration_manager, dataset_json)
+        return _tensor(data), properties
+    return subset_input
+
+
 def validation_cases(predictor: MissingModalityPredictor, folder: str, fold: int,
-                     keys: Sequence[str] | None = None) -> Iterator[Case]:
-    """The preprocessed validation cases of ``fold`` (``folder/splits_final.json``; ``folder`` is the data set's
-    nnU-Net preprocessed folder) and their reference files (``folder/gt_segmentations``); ``keys`` restricts."""
+                     keys: Sequence[str] | None = None, raw_images: str | None = None) -> Iterator[Case]:
+    """The validation cases of ``fold`` (``folder/splits_final.json``; ``folder`` is the data set's nnU-Net
+    preprocessed folder) and their reference files (``folder/gt_segmentations``); ``keys`` restricts. The input is
+    nnU-Net's preprocessed data (``--absence preprocessed``) or, with ``raw_images`` (the data set's raw
+    ``imagesTr``), the present files of each subset (``--absence raw``)."""
     keys = validation_keys(folder, fold) if keys is None else list(keys)
-    data_folder = os.path.join(folder, predictor.configuration_manager.data_identifier)
-    dataset_class = infer_dataset_class(data_folder)
     ending = predictor.dataset_json['file_ending']
-    ds = dataset_class(data_folder, keys)
+    if raw_images is not None:
+        files = complete_cases(raw_images, predictor.dataset_json, keys)
+        for key in keys:
+            yield key, present_files_input(predictor, key, files[key]), \
+                os.path.join(folder, 'gt_segmentations', key + ending)
+        return
+    data_folder = os.path.join(folder, predictor.configuration_manager.data_identifier)
+    ds = infer_dataset_class(data_folder)(data_folder, keys)
     for key in keys:
         data, _, _, properties = ds.load_case(key)
-        yield key, torch.from_numpy(np.ascontiguousarray(np.asarray(data[:]), dtype=np.float32)), properties, \
+        yield key, _same_for_every_subset(_tensor(data[:]), properties), \
             os.path.join(folder, 'gt_segmentations', key + ending)
 
 
-def raw_test_cases(predictor: MissingModalityPredictor, images: str, labels: str) -> Iterator[Case]:
-    """Cases of a raw test folder (all modality files required), preprocessed once each."""
+def raw_test_cases(predictor: MissingModalityPredictor, images: str, labels: str,
+                   absence: str = DEFAULT_ABSENCE) -> Iterator[Case]:
+    """Cases of a raw test folder (all modality files required): preprocessed once per subset from the present
+    files (``absence='raw'``) or once with all files (``'preprocessed'``)."""
+    if absence not in ABSENCE_MODES:
+        raise ValueError(f"unknown absence mode {absence!r}; use one of {ABSENCE_MODES}")
     dataset_json = predictor.dataset_json
-    names = modality_names(dataset_json)
     ending = dataset_json['file_ending']
     cases = scan_test_folder(images, labels, dataset_json)
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     for case in sorted(cases):
-        files = [cases[case][c] for c in range(len(names))]
-        data, _, properties = preprocessor.run_case(files, None, predictor.plans_manager,
-                                                    predictor.configuration_manager, dataset_json)
-        yield case, torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), properties, \
-            os.path.join(labels, case + ending)
+        if absence == 'raw':
+            subset_input = present_files_input(predictor, case, cases[case])
+        else:
+            files = [cases[case][c] for c in sorted(cases[case])]
+            data, _, properties = preprocessor.run_case(files, None, predictor.plans_manager,
+                                                        predictor.configuration_manager, dataset_json)
+            subset_input = _same_for_every_subset(_tensor(data), properties)
+        yield case, subset_input, os.path.join(labels, case + ending)
+
+
+def complete_cases(images: str, dataset_json: dict, keys: Sequence[str] | None = None) -> Dict[str, Dict[int, str]]:
+    """``{case: {channel: path}}`` of a raw image folder (of the cases ``keys``, default all);
+    FileNotFoundError naming the case for a case that lacks a modality file or has none."""
+    names = modality_names(dataset_json)
+    cases = scan_input_folder(images, dataset_json['file_ending'], len(names))
+    if not cases:
+        raise FileNotFoundError(f"no CASE_XXXX{dataset_json['file_ending']} files in {images}")
+    for case in (sorted(cases) if keys is None else keys):
+        absent = [names[c] for c in range(len(names)) if c not in cases.get(case, {})]
+        if absent:
+            raise FileNotFoundError(f"case {case} in {images} lacks the files of {absent}: the benchmark needs "
+                                    f"complete cases (it drops modalities itself)")
+    return cases if keys is None else {k: cases[k] for k in keys}
 
 
 def scan_test_folder(images: str, labels: str, dataset_json: dict) -> dict:
     """``{case: {channel: path}}`` of a raw test folder; FileNotFoundError naming the case for an incomplete case
     or an absent reference."""
-    names = modality_names(dataset_json)
     ending = dataset_json['file_ending']
-    cases = scan_input_folder(images, ending, len(names))
-    if not cases:
-        raise FileNotFoundError(f"no CASE_XXXX{ending} files in {images}")
-    for case, files in cases.items():
-        absent = [names[c] for c in range(len(names)) if c not in files]
-        if absent:
-            raise FileNotFoundError(f"case {case} in {images} lacks the files of {absent}: the benchmark needs "
-                                    f"complete cases (it drops modalities itself)")
+    cases = complete_cases(images, dataset_json)
+    for case in cases:
         if not os.path.isfile(os.path.join(labels, case + ending)):
             raise FileNotFoundError(f"case {case}: no reference {os.path.join(labels, case + ending)}")
     return cases
@@ -180,21 +251,24 @@ def predict_subset(predictor: MissingModalityPredictor, data: torch.Tensor, prop
 
 def run_benchmark(predictors_and_cases, subsets: Sequence[Tuple[str, Tuple[int, ...]]], regions, num_modalities: int,
                   hd95_empty='penalty', et_min_voxels: int = 0, et_mode: str = 'remove',
-                  save_predictions: str | None = None, progress: bool = True) -> List[dict]:
-    """Rows ``{case, subset, n_missing, region, Dice, HD95}`` of every case under every subset.
+                  save_predictions: str | None = None, progress: bool = True, lesion_wise: bool = False) -> List[dict]:
+    """Rows ``{case, subset, n_missing, region, Dice, HD95}`` of every case under every subset, with
+    ``lesion_wise`` also ``LesionDice`` and ``LesionHD95`` (:mod:`~nnunet_missingmod.evaluation.lesionwise`).
 
     ``predictors_and_cases``: iterable of ``(predictor, iterator of cases, number of cases)``.
     """
     rows: List[dict] = []
+    evaluator = lesionwise.lesion_evaluator() if lesion_wise else None
     allowed = all_labels_of(regions)
     total = sum(n for _, _, n in predictors_and_cases) * len(subsets)
     with tqdm(total=total, desc='cases x subsets', disable=not progress) as bar:
         for predictor, cases, _ in predictors_and_cases:
             reader_writer = predictor.plans_manager.image_reader_writer_class()
-            for case, data, properties, reference_file in cases:
+            for case, subset_input, reference_file in cases:
                 reference, spacing = _load_reference(reader_writer, reference_file, allowed)
                 for name, subset in subsets:
                     bar.set_postfix_str(f'{case} {name}')
+                    data, properties = subset_input(subset)
                     seg = predict_subset(predictor, data, properties, subset_to_mask(subset, num_modalities))
                     if seg.shape != reference.shape:
                         raise ValueError(f"case {case}: prediction shape {seg.shape} differs from reference "
@@ -205,6 +279,10 @@ def run_benchmark(predictors_and_cases, subsets: Sequence[Tuple[str, Tuple[int, 
                         reader_writer.write_seg(seg, os.path.join(folder, case + predictor.dataset_json[
                             'file_ending']), properties)
                     scores = evaluate_case(seg, reference, regions, spacing, hd95_empty, et_min_voxels, et_mode)
+                    if lesion_wise:
+                        lesions = lesionwise.evaluate_case_lesionwise(seg, reference, regions, spacing,
+                                                                      et_min_voxels, et_mode, evaluator)
+                        scores = {region: {**values, **lesions[region]} for region, values in scores.items()}
                     for region, values in scores.items():
                         rows.append({'case': case, 'subset': name, 'n_missing': num_modalities - len(subset),
                                      'region': region, **values})
@@ -226,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument('--val', action='store_true',
                         help="each fold's validation cases (splits_final.json, preprocessed data)")
     parser.add_argument('-l', type=str, help='reference label maps of -i (CASE<file_ending>)')
+    parser.add_argument('--absence', choices=ABSENCE_MODES, default=DEFAULT_ABSENCE,
+                        help='how a missing modality is made absent. raw: each case preprocessed once per subset from '
+                             'the present files only, as nnUNetv2_mm_predict sees absent files; preprocessed: the '
+                             'complete case preprocessed once, missing channels zeroed afterwards (faster; crop and '
+                             f'z-score masks then come from every modality\'s foreground). Default {DEFAULT_ABSENCE}')
     parser.add_argument('--order', choices=sorted(MODALITY_ORDERS), default='paper',
                         help='subset (column) order: paper = FLAIR, T1ce, T1, T2 (RFNet/mmFormer); t1_first = T1, '
                              'T1ce, T2, FLAIR; dataset = dataset.json order')
@@ -237,8 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help='remove: ET emptied for the ET score (RFNet/mmFormer/M2FTrans); relabel: ET voxels '
                              'become necrosis (nnU-Net/DeMoSeg)')
     parser.add_argument('--hd95-empty', default='penalty',
-                        help=f"HD95 when exactly one of prediction/reference is empty: one of {HD95_EMPTY_CHOICES} "
-                             f"(penalty = 373.13 mm, max = image diagonal) or a number")
+                        help=f"global HD95 when exactly one of prediction/reference is empty: one of "
+                             f"{HD95_EMPTY_CHOICES} or a number in mm. Default penalty = {HD95_PENALTY_MM} mm, the "
+                             f"diagonal of the 240 x 240 x 155 mm BraTS volume as most missing-modality papers report "
+                             f"it; 373 is the official brats-evaluation parser's rounded value; max = this image's "
+                             f"diagonal; nan leaves the case out of the means")
+    parser.add_argument('--lesionwise', action='store_true',
+                        help=f"also the BraTS 2023+ lesion-wise Dice and HD95 (panoptica; missed and false lesions "
+                             f"count as Dice 0 and HD95 {lesionwise.LESIONWISE_HD95_PENALTY_MM:g} mm); needs "
+                             f"pip install -e '.[brats]'")
     parser.add_argument('--save_predictions', action='store_true',
                         help='also write every predicted segmentation to OUT/predictions/<subset>/')
     return parser
@@ -255,6 +345,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         parser.error(str(e))
     hd95_empty = args.hd95_empty if args.hd95_empty in HD95_EMPTY_CHOICES else float(args.hd95_empty)
+    if args.lesionwise:
+        try:
+            lesionwise.check_available()
+        except ImportError as e:
+            raise CommandError(str(e)) from None
     check_device(args.device)
     enable_ext_trainers()
     if args.i and not os.path.isdir(args.i):
@@ -285,11 +380,19 @@ def main(argv=None) -> int:
         folder = preprocessed_dataset_folder(dataset_name(args.d))
         keys = [validation_keys(folder, int(f)) for f in args.f]
         references = [os.path.join(folder, 'gt_segmentations', k + ending) for ks in keys for k in ks]
-        jobs = [(p, validation_cases(p, folder, int(f), k), len(k)) for p, f, k in zip(predictors, args.f, keys)]
+        raw_images = None
+        if args.absence == 'raw':
+            if nnUNet_raw is None:
+                raise CommandError("--val --absence raw reads the raw images of the validation cases: set nnUNet_raw "
+                                   "(or use --absence preprocessed)")
+            raw_images = os.path.join(nnUNet_raw, dataset_name(args.d), 'imagesTr')
+            complete_cases(raw_images, dataset_json, [k for ks in keys for k in ks])
+        jobs = [(p, validation_cases(p, folder, int(f), k, raw_images), len(k))
+                for p, f, k in zip(predictors, args.f, keys)]
     else:
         cases = scan_test_folder(args.i, args.l, dataset_json)
         references = [os.path.join(args.l, case + ending) for case in sorted(cases)]
-        jobs = [(predictors[0], raw_test_cases(predictors[0], args.i, args.l), len(cases))]
+        jobs = [(predictors[0], raw_test_cases(predictors[0], args.i, args.l, args.absence), len(cases))]
     # bad references (absent, unreadable, unexpected label values) are refused before the first prediction
     check_references(predictors[0], references, all_labels_of(regions))
 
@@ -298,7 +401,7 @@ def main(argv=None) -> int:
     rows = run_benchmark(jobs, subsets, regions, len(names), hd95_empty, args.et_postprocess,
                          args.et_postprocess_mode,
                          os.path.join(args.o, 'predictions') if args.save_predictions else None,
-                         progress=not args.disable_progress_bar)
+                         progress=not args.disable_progress_bar, lesion_wise=args.lesionwise)
     subset_names = [n for n, _ in subsets]
     n_missing = {n: len(names) - len(s) for n, s in subsets}
     write_reports(rows, subset_names, n_missing, [r for r, _ in regions], args.o,
@@ -306,6 +409,9 @@ def main(argv=None) -> int:
                                    'trainer': args.tr, 'plans': args.p, 'folds': [str(f) for f in args.f],
                                    'checkpoint': args.chk, 'tta': not args.disable_tta},
                             evaluation={'source': 'val' if args.val else os.path.abspath(args.i),
+                                        'absence': args.absence, 'lesionwise': args.lesionwise,
+                                        'lesionwise_hd95_penalty_mm': (lesionwise.LESIONWISE_HD95_PENALTY_MM
+                                                                       if args.lesionwise else None),
                                         'order': args.order, 'hd95_empty': args.hd95_empty,
                                         'et_postprocess_min_voxels': args.et_postprocess,
                                         'et_postprocess_mode': args.et_postprocess_mode,

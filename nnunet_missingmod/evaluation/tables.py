@@ -1,6 +1,7 @@
 """Benchmark reports: per-case CSV, summary JSON, paper-layout tables (Markdown, LaTeX) and figures.
 
-Rows of the benchmark are ``{'case', 'subset', 'region', 'Dice', 'HD95'}`` (plus ``n_missing``). Subset names are
+Rows of the benchmark are ``{'case', 'subset', 'region', 'Dice', 'HD95'}`` (plus ``n_missing``, and with
+``--lesionwise`` the BraTS lesion-wise ``LesionDice`` and ``LesionHD95``). Subset names are
 those of :func:`nnunet_missingmod.modalities.subset_name` (e.g. ``'FLAIR+T1ce'``) and the column order of every
 table is the subset order passed in (the papers' order: singles, pairs, triples, full), followed by ``Avg``, the
 mean over the subset columns. Means over cases ignore NaN (``hd95_empty='nan'``); a mean over nothing is NaN.
@@ -16,7 +17,18 @@ from typing import Dict, Iterable, List, Sequence
 import numpy as np
 
 METRICS = ('Dice', 'HD95')
+#: optional metrics (``nnUNetv2_mm_benchmark --lesionwise``), reported when the rows have them
+LESIONWISE_METRICS = ('LesionDice', 'LesionHD95')
 CSV_FIELDS = ('case', 'subset', 'n_missing', 'region', 'Dice', 'HD95')
+#: Dice-like metrics are shown in %, the others (distances) in mm
+_PERCENT = ('Dice', 'LesionDice')
+
+
+def metrics_of(rows: Sequence[dict]) -> tuple:
+    """The metrics the rows carry: :data:`METRICS`, plus :data:`LESIONWISE_METRICS` when every row has them."""
+    if rows and all(m in row for row in rows for m in LESIONWISE_METRICS):
+        return METRICS + LESIONWISE_METRICS
+    return METRICS
 
 
 def _nanmean(values: Iterable[float]) -> float:
@@ -25,13 +37,15 @@ def _nanmean(values: Iterable[float]) -> float:
 
 
 def write_case_csv(rows: Sequence[dict], path: str) -> None:
-    """One line per case, subset and region (``CSV_FIELDS``)."""
+    """One line per case, subset and region (``CSV_FIELDS``, then the lesion-wise metrics if the rows have them)."""
+    metrics = metrics_of(rows)
+    fields = CSV_FIELDS + metrics[len(METRICS):]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction='ignore')
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (repr(float(row[k])) if k in METRICS else row.get(k, '')) for k in CSV_FIELDS})
+            writer.writerow({k: (repr(float(row[k])) if k in metrics else row.get(k, '')) for k in fields})
 
 
 def read_case_csv(path: str) -> List[dict]:
@@ -39,14 +53,16 @@ def read_case_csv(path: str) -> List[dict]:
     with open(path, newline='') as f:
         rows = list(csv.DictReader(f))
     for row in rows:
-        for k in METRICS:
+        for k in METRICS + LESIONWISE_METRICS:
+            if k not in row:
+                continue
             row[k] = float(row[k])
         row['n_missing'] = int(row['n_missing'])
     return rows
 
 
 def summarize(rows: Sequence[dict], subsets: Sequence[str], regions: Sequence[str]) -> Dict[str, dict]:
-    """Means per metric, subset and region, plus ``Avg`` over subsets.
+    """Means per metric (:func:`metrics_of`), subset and region, plus ``Avg`` over subsets.
 
     Returns ``{'mean': {metric: {subset: {region: v}}}, 'Avg': {metric: {region: v}}, 'n_cases': {subset: n}}``.
     """
@@ -56,9 +72,10 @@ def summarize(rows: Sequence[dict], subsets: Sequence[str], regions: Sequence[st
     grouped: Dict[tuple, List[dict]] = {}
     for row in rows:
         grouped.setdefault((row['subset'], row['region']), []).append(row)
+    metrics = metrics_of(rows)
     mean = {m: {s: {r: _nanmean(x[m] for x in grouped.get((s, r), [])) for r in regions} for s in subsets}
-            for m in METRICS}
-    avg = {m: {r: _nanmean(mean[m][s][r] for s in subsets) for r in regions} for m in METRICS}
+            for m in metrics}
+    avg = {m: {r: _nanmean(mean[m][s][r] for s in subsets) for r in regions} for m in metrics}
     n_cases = {s: len({x['case'] for r in regions for x in grouped.get((s, r), [])}) for s in subsets}
     return {'mean': mean, 'Avg': avg, 'n_cases': n_cases}
 
@@ -83,8 +100,8 @@ def write_summary_json(summary: dict, path: str, **extra) -> None:
 
 def table_matrix(summary: dict, metric: str, subsets: Sequence[str], regions: Sequence[str]) -> np.ndarray:
     """``(len(regions), len(subsets) + 1)`` values of the paper layout: subset columns then ``Avg``."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
+    if metric not in summary['mean']:
+        raise ValueError(f"unknown metric {metric!r}; the summary has {sorted(summary['mean'])}")
     return np.array([[summary['mean'][metric][s][r] for s in subsets] + [summary['Avg'][metric][r]]
                      for r in regions], dtype=float)
 
@@ -92,17 +109,36 @@ def table_matrix(summary: dict, metric: str, subsets: Sequence[str], regions: Se
 def _fmt(value: float, metric: str) -> str:
     if math.isnan(value):
         return '–'
-    return f'{100 * value:.2f}' if metric == 'Dice' else f'{value:.2f}'
+    return f'{100 * value:.2f}' if metric in _PERCENT else f'{value:.2f}'
+
+
+def _unit(metric: str, latex: bool = False) -> str:
+    """Column header of a metric: ``Dice (%)``, ``HD95 (mm)``, ..."""
+    percent = '\\%' if latex else '%'
+    return f'{metric} ({percent})' if metric in _PERCENT else f'{metric} (mm)'
 
 
 def markdown_table(summary: dict, metric: str, subsets: Sequence[str], regions: Sequence[str]) -> str:
     """Paper-layout Markdown table: rows regions, columns subsets (given order) + Avg. Dice in %, HD95 in mm."""
     values = table_matrix(summary, metric, subsets, regions)
-    unit = 'Dice (%)' if metric == 'Dice' else 'HD95 (mm)'
-    header = [unit] + list(subsets) + ['Avg']
+    header = [_unit(metric)] + list(subsets) + ['Avg']
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join([':---'] + ['---:'] * (len(header) - 1)) + '|']
     for region, row in zip(regions, values):
         lines.append('| ' + ' | '.join([region] + [_fmt(v, metric) for v in row]) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def lesionwise_markdown_table(summary: dict, subsets: Sequence[str], regions: Sequence[str]) -> str:
+    """Global next to lesion-wise scores: per region the rows Dice, LesionDice (%), HD95, LesionHD95 (mm); columns
+    subsets (given order) + Avg."""
+    metrics = ('Dice', 'LesionDice', 'HD95', 'LesionHD95')
+    header = ['region', 'metric'] + list(subsets) + ['Avg']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join([':---', ':---'] + ['---:'] * (len(header) - 2)) + '|']
+    for metric in metrics:
+        values = table_matrix(summary, metric, subsets, regions)
+        for region, row in zip(regions, values):
+            lines.append('| ' + ' | '.join([region, _unit(metric)] + [_fmt(v, metric) for v in row]) + ' |')
+    lines = lines[:2] + sorted(lines[2:], key=lambda line: list(regions).index(line.split(' | ')[0][2:]))
     return '\n'.join(lines) + '\n'
 
 
@@ -116,7 +152,7 @@ def latex_table(summary: dict, metric: str, subsets: Sequence[str], regions: Seq
                 caption: str | None = None) -> str:
     """Paper-layout LaTeX ``table`` (booktabs): rows regions, columns subsets (given order) + Avg."""
     values = table_matrix(summary, metric, subsets, regions)
-    unit = 'Dice (\\%)' if metric == 'Dice' else 'HD95 (mm)'
+    unit = _unit(metric, latex=True)
     lines = ['\\begin{table}[t]', '\\centering', '\\resizebox{\\textwidth}{!}{%',
              '\\begin{tabular}{l' + 'c' * (len(subsets) + 1) + '}', '\\toprule',
              ' & '.join([unit] + [_latex_escape(s) for s in subsets] + ['Avg']) + ' \\\\', '\\midrule']
@@ -195,19 +231,24 @@ def write_reports(rows: Sequence[dict], subsets: Sequence[str], n_missing: Dict[
     """Write every report of a benchmark into ``output_folder``; returns the summary.
 
     Files: ``per_case.csv``, ``summary.json``, ``table_dice.md``, ``table_hd95.md``, ``table_dice.tex``,
-    ``table_hd95.tex``, ``heatmap_dice.png``, ``dice_vs_missing.png``.
+    ``table_hd95.tex``, ``heatmap_dice.png``, ``dice_vs_missing.png``; when the rows have the lesion-wise metrics
+    also ``table_lesiondice.md/.tex``, ``table_lesionhd95.md/.tex`` and ``table_lesionwise.md`` (global next to
+    lesion-wise).
     """
     os.makedirs(output_folder, exist_ok=True)
     summary = summarize(rows, subsets, regions)
     write_case_csv(rows, os.path.join(output_folder, 'per_case.csv'))
     write_summary_json(summary, os.path.join(output_folder, 'summary.json'), subsets=list(subsets),
                        n_missing={s: n_missing[s] for s in subsets}, regions=list(regions), **summary_extra)
-    for metric in METRICS:
+    for metric in summary['mean']:
         stem = os.path.join(output_folder, f'table_{metric.lower()}')
         with open(stem + '.md', 'w') as f:
             f.write(markdown_table(summary, metric, subsets, regions))
         with open(stem + '.tex', 'w') as f:
             f.write(latex_table(summary, metric, subsets, regions))
+    if 'LesionDice' in summary['mean']:
+        with open(os.path.join(output_folder, 'table_lesionwise.md'), 'w') as f:
+            f.write(lesionwise_markdown_table(summary, subsets, regions))
     plot_heatmap(summary, subsets, regions, os.path.join(output_folder, 'heatmap_dice.png'))
     plot_missing_curve(summary, subsets, n_missing, regions, os.path.join(output_folder, 'dice_vs_missing.png'))
     return summary
