@@ -128,3 +128,33 @@ def test_write_reports_writes_every_file(tmp_path):
     assert summary['n_missing']['T1ce+T2'] == 2
     assert summary['Avg']['Dice']['WT'] == pytest.approx(np.mean([summary['mean']['Dice'][s]['WT']
                                                                   for s in PAPER_ORDER]))
+
+
+def test_lesionwise_columns_means_and_table(tmp_path):
+    """Rows with ``LesionDice``/``LesionHD95``: CSV columns, summary means, their tables and the table of global
+    next to lesion-wise values; rows without them keep the old files only."""
+    subsets = benchmark_subsets(NAMES, 'paper', ['FLAIR', 'FLAIR+T1ce+T1+T2'])
+    rows = fake_rows(subsets)
+    for i, row in enumerate(rows):
+        row['LesionDice'], row['LesionHD95'] = 0.01 * i, 373.0 - i
+    names = [n for n, _ in subsets]
+    summary = write_reports(rows, names, {'FLAIR': 3, 'FLAIR+T1ce+T1+T2': 0}, REGIONS, str(tmp_path))
+    flair_wt = [r for r in rows if r['subset'] == 'FLAIR' and r['region'] == 'WT']
+    assert summary['mean']['LesionDice']['FLAIR']['WT'] == pytest.approx(np.mean([r['LesionDice'] for r in flair_wt]))
+    saved = json.loads((tmp_path / 'summary.json').read_text())
+    assert saved['mean']['LesionHD95']['FLAIR']['WT'] == pytest.approx(np.mean([r['LesionHD95'] for r in flair_wt]))
+    back = read_case_csv(str(tmp_path / 'per_case.csv'))
+    assert [r['LesionDice'] for r in back] == [r['LesionDice'] for r in rows]
+    table = (tmp_path / 'table_lesionwise.md').read_text().splitlines()
+    assert table[0] == '| region | metric | FLAIR | FLAIR+T1ce+T1+T2 | Avg |'
+    assert [line.split(' | ')[1] for line in table[2:6]] == ['Dice (%)', 'LesionDice (%)', 'HD95 (mm)',
+                                                             'LesionHD95 (mm)']
+    assert table[3] == '| WT | LesionDice (%) | ' + ' | '.join(
+        f"{100 * v:.2f}" for v in (summary['mean']['LesionDice']['FLAIR']['WT'],
+                                   summary['mean']['LesionDice']['FLAIR+T1ce+T1+T2']['WT'],
+                                   summary['Avg']['LesionDice']['WT'])) + ' |'
+    assert (tmp_path / 'table_lesionhd95.md').read_text().startswith('| LesionHD95 (mm) | FLAIR |')
+    plain = tmp_path / 'plain'
+    write_reports(fake_rows(subsets), names, {'FLAIR': 3, 'FLAIR+T1ce+T1+T2': 0}, REGIONS, str(plain))
+    assert not (plain / 'table_lesionwise.md').exists()
+    assert (plain / 'per_case.csv').read_text().splitlines()[0] == 'case,subset,n_missing,region,Dice,HD95'
