@@ -52,8 +52,8 @@ def test_combine_pairs_is_mean_over_subset_members():
     torch.testing.assert_close(out[0, 1], values[3:].mean(0))
     torch.testing.assert_close(out[1, 0], values[0])
     torch.testing.assert_close(out[1, 1], values[4])
-    with pytest.raises(ValueError, match='no available modality'):
-        combine_pairs(values, pair_index, masks([[0, 1, 0, 0], [0, 1, 0, 0]]))
+    empty = combine_pairs(values, pair_index, masks([[0, 1, 0, 0], [0, 1, 0, 0]]))   # not checked: no host sync
+    assert torch.equal(empty[0, 0], torch.zeros(2, 3))
 
 
 def test_prediction_averages_exactly_the_available_modalities():

@@ -31,7 +31,12 @@ class MissingModalityNetwork(nn.Module, metaclass=ABCMeta):
     """Base class: resolves the availability mask and defines the training/inference call protocol."""
 
     def forward(self, x: torch.Tensor, availability: torch.Tensor | None = None, return_aux: bool = False):
-        availability = resolve_availability(x, availability)
+        if self.training and availability is not None:
+            # the trainer's mask (drawn and checked on the host): checking it again here would read it back from
+            # the device, a host sync per training step that also breaks torch.compile's graph
+            availability = torch.as_tensor(availability, dtype=torch.bool, device=x.device)
+        else:
+            availability = resolve_availability(x, availability)
         seg, aux = self.forward_with_mask(x, availability)
         return (seg, aux) if return_aux else seg
 

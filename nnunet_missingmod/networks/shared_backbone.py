@@ -10,9 +10,13 @@ modality subset S as the mean of its members' outputs ``Y_S = mean_{i in S} h_i`
   ``find_unused_parameters=False`` working whatever modalities a rank's batch happens to contain.
 * **T** is the plans' own architecture (``network_arch_class_name``, e.g. ``PlainConvUNet``, with its kwargs
   resolved like nnU-Net's ``get_network_from_plans``) built with ``C`` input channels and its widths multiplied by
-  ``width_factor``. It runs *once* on all available (sample, modality) pairs stacked into the batch dimension, so
-  the cost is proportional to the number of available modalities (the paper's Theorem 4) and there is no Python
-  loop over modalities. At inference missing modalities get no backbone pass at all.
+  ``width_factor``. It runs *once* on the (sample, modality) pairs stacked into the batch dimension, with no Python
+  loop over modalities: at inference on the available pairs only (missing modalities get no backbone pass, the
+  cost is proportional to the number of available modalities, the paper's Theorem 4); in training on all ``B * M``
+  pairs, the missing ones excluded from every combination by zero weights, so that the step has no
+  mask-dependent shape and no host sync (Algorithm 1 trains on the full set: every pair is present unless a
+  case has an all-zero channel). Per-sample normalisation (nnU-Net's instance norm) keeps the available pairs'
+  outputs exactly as before; with batch-statistics norms the missing pairs would enter the statistics.
 * **Normalisation per modality** (``modality_specific_norm``, default on): T's convolutions are shared, its
   normalisation layers keep one affine (scale, shift) per modality, as the authors' code keeps one GroupNorm per
   modality (:mod:`nnunet_missingmod.networks.modality_norm`).
@@ -56,17 +60,15 @@ def combine_pairs(values: torch.Tensor, pair_index: torch.Tensor, subsets: torch
 
     ``pair_index`` (N, 2) holds (sample, modality) of each row of ``values``; ``subsets`` (S, B, M) bool. Pairs whose
     modality is not in a subset (or not present) do not contribute; every (subset, sample) must contain at least one
-    pair. One matrix product, differentiable w.r.t. ``values``.
+    pair (an empty one gives 0; it is not checked, which would read the weights back to the host). One matrix
+    product, differentiable w.r.t. ``values``.
     """
     S, B, _ = subsets.shape
     n = values.shape[0]
     member = subsets[:, pair_index[:, 0], pair_index[:, 1]]                        # (S, N)
     of_sample = pair_index[:, 0].unsqueeze(0) == torch.arange(B, device=values.device).unsqueeze(1)  # (B, N)
     weights = (member.unsqueeze(1) & of_sample.unsqueeze(0)).to(values.dtype)     # (S, B, N)
-    counts = weights.sum(-1, keepdim=True)
-    if bool((counts == 0).any()):
-        raise ValueError("a (subset, sample) combination contains no available modality")
-    weights = (weights / counts).reshape(S * B, n)
+    weights = (weights / weights.sum(-1, keepdim=True).clamp_min(1)).reshape(S * B, n)
     return (weights @ values.reshape(n, -1)).reshape(S, B, *values.shape[1:])
 
 
@@ -173,7 +175,10 @@ class SharedBackboneNetwork(MissingModalityNetwork):
             raise ValueError(f"network built for {self.num_modalities} modalities, got {M} channels")
         d = self.channel_encoders(x)
         d = d.reshape(B, M, self.common_channels, *d.shape[2:])
-        pair_index = availability.nonzero()                                         # (N, 2): (sample, modality)
+        if self.training:                                                             # (N, 2): (sample, modality)
+            pair_index = torch.cartesian_prod(torch.arange(B, device=x.device), torch.arange(M, device=x.device))
+        else:
+            pair_index = availability.nonzero()
         for affine in self.modality_affines:
             affine.rows = pair_index[:, 1]
         skips = self.backbone.encoder(d[pair_index[:, 0], pair_index[:, 1]])       # one batched backbone pass

@@ -72,7 +72,7 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         self.modality_names = modality_names(dataset_json)
         self.rng = np.random.default_rng(np.random.randint(0, 2 ** 32, dtype=np.uint64))
         self._present_channels: Dict[str, np.ndarray] = {}
-        self._epoch_terms: Dict[str, List[float]] = defaultdict(list)
+        self._epoch_terms: Dict[str, List[torch.Tensor]] = defaultdict(list)   # detached: no host sync per step
         self._epoch_subsets: Counter = Counter()
         self._gradient_shares: Dict[str, List[float]] = defaultdict(list)
         self._gradient_share_steps_done = 0
@@ -249,14 +249,15 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
             for name, norm in term_norms.items():     # clipping returns the norm of the whole, unclipped gradient
                 self._gradient_shares[name].append(norm / max(float(total_norm), 1e-12))
         for name, value in terms.items():
-            self._epoch_terms[name].append(float(value.detach()))
+            self._epoch_terms[name].append(value.detach())
         return {'loss': loss.detach().cpu().numpy()}
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
         if len(self._epoch_terms) > 1:
             self.print_to_log_file('train loss terms (unweighted): ' + ', '.join(
-                f'{k} {np.mean(v):.4f}{" " + self.loss_term_units[k] if k in self.loss_term_units else ""}'
+                f'{k} {torch.stack(v).float().mean().item():.4f}'
+                f'{" " + self.loss_term_units[k] if k in self.loss_term_units else ""}'
                 f' x{self.term_weight(k):g}' for k, v in self._epoch_terms.items()))
         if self._gradient_shares and not self._gradient_shares_logged:
             self._gradient_shares_logged = True

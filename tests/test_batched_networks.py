@@ -1,0 +1,130 @@
+"""Issue #16: the batched (grouped, mask-multiplied) networks give what the per-modality loops gave.
+
+Each reference below is the former computation, written out here independently of the package: one call per
+modality encoder on the sub-batch of samples where that modality is present, skips averaged over those calls.
+Fixed weights, every one of the 15 masks (as one batch and one mask per batch), outputs and auxiliary losses.
+"""
+import numpy as np
+import pytest
+import torch
+from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from torch import nn
+
+from nnunet_missingmod.networks.grouped import grouped_forward
+from test_fusion_networks import FUSIONS, PATCH, build, masks_of
+
+torch.set_num_threads(1)
+
+
+def reference_fusion_forward(net, x, availability):
+    """The former ``MultiEncoderFusionUNet.forward_with_mask``: encoders looped over present sub-batches."""
+    b = x.shape[0]
+    skip_sums, bottleneck = None, []
+    for m, encoder in enumerate(net.encoders):
+        rows = availability[:, m].nonzero().squeeze(1)
+        full = [torch.zeros((b,) + s.shape[1:]) for s in encoder(x[:1, m:m + 1])]
+        if len(rows):
+            for f, s in zip(full, encoder(x[rows, m:m + 1])):
+                f[rows] = s
+        skip_sums = full[:-1] if skip_sums is None else [a + f for a, f in zip(skip_sums, full[:-1])]
+        bottleneck.append(full[-1])
+    count = availability.sum(1).float().reshape(b, 1, 1, 1, 1)
+    skips = [s / count for s in skip_sums]
+    fused, aux = net.fusion(torch.stack(bottleneck, 1), availability, x)
+    return net.decoder(skips + [fused]), aux
+
+
+@pytest.mark.parametrize('fusion', sorted(FUSIONS))
+@pytest.mark.parametrize('training', [False, True])
+def test_fusion_network_equals_per_modality_loops_on_all_15_masks(fusion, training):
+    net = build(fusion).train(training)
+    masks = torch.stack(masks_of(4))
+    x = torch.randn(len(masks), 4, *PATCH) * masks[:, :, None, None, None]
+    batches = [(x, masks)] + [(x[i:i + 1], masks[i:i + 1]) for i in range(len(masks))]
+    for xb, mb in batches:
+        torch.manual_seed(7)
+        net.fusion.rng = np.random.default_rng(7)
+        with torch.no_grad():
+            seg, aux = net(xb, mb, return_aux=True)
+        torch.manual_seed(7)
+        net.fusion.rng = np.random.default_rng(7)
+        with torch.no_grad():
+            ref_seg, ref_aux = reference_fusion_forward(net, xb, mb)
+        for a, r in zip(seg, ref_seg):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+        assert set(aux) == set(ref_aux)
+        for k in aux:
+            torch.testing.assert_close(aux[k], ref_aux[k], rtol=1e-4, atol=1e-6)
+
+
+def test_grouped_pass_equals_each_copy_on_its_channels():
+    """Encoders (skips) and a sequential of transposed conv + conv block, M copies with different weights."""
+    torch.manual_seed(0)
+    kw = dict(conv_op=nn.Conv3d, kernel_sizes=3, strides=[1, 2, 2], n_conv_per_stage=2, conv_bias=True,
+              norm_op=nn.InstanceNorm3d, norm_op_kwargs={'eps': 1e-5, 'affine': True}, nonlin=nn.LeakyReLU,
+              nonlin_kwargs={'inplace': True}, return_skips=True)
+    encoders = [PlainConvEncoder(2, 3, [4, 8, 16], **kw) for _ in range(3)]
+    ups = [nn.Sequential(nn.ConvTranspose3d(16, 8, 2, 2), nn.Conv3d(8, 5, 3, padding=1),
+                         nn.InstanceNorm3d(5, affine=True), nn.LeakyReLU()) for _ in range(3)]
+    for p in list(nn.ModuleList(encoders + ups).parameters()):
+        nn.init.normal_(p, 0.0, 0.3)
+    x = torch.randn(2, 3 * 2, 8, 8, 8)
+    skips = grouped_forward(encoders, x)
+    up = grouped_forward(ups, skips[-1])
+    for m in range(3):
+        own = encoders[m](x[:, 2 * m:2 * m + 2])
+        for grouped, single in zip(skips, own):
+            torch.testing.assert_close(grouped.unflatten(1, (3, -1))[:, m], single, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(up.unflatten(1, (3, -1))[:, m], ups[m](own[-1]), rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_pass_gives_each_copy_its_own_gradient():
+    torch.manual_seed(0)
+    convs = [nn.Conv3d(1, 2, 3, padding=1) for _ in range(2)]
+    x = torch.randn(1, 2, 4, 4, 4)
+    grouped_forward(convs, x)[:, 2:].sum().backward()        # only the second copy's output
+    assert convs[0].weight.grad.abs().sum() == 0 and convs[1].weight.grad.abs().sum() > 0
+
+
+def test_grouped_pass_rejects_what_it_cannot_group():
+    with pytest.raises(TypeError, match='BatchNorm3d'):
+        grouped_forward([nn.BatchNorm3d(2), nn.BatchNorm3d(2)], torch.randn(1, 4, 2, 2, 2))
+
+
+def reference_holder_mi_forward(net, x, availability):
+    """The former training forward of ``SharedBackboneNetwork``: the backbone on the available pairs only, each
+    subset's output the plain mean of its members' outputs."""
+    b, m = availability.shape
+    d = net.channel_encoders(x).unflatten(1, (m, -1))
+    pairs = [(i, j) for i in range(b) for j in range(m) if availability[i, j]]
+    for affine in net.modality_affines:
+        affine.rows = torch.tensor([j for _, j in pairs])
+    skips = net.backbone.encoder(torch.stack([d[i, j] for i, j in pairs]))
+    outputs = net.backbone.decoder(skips)
+    subsets = net.training_subsets(availability)
+
+    def mean_over(values, subset):
+        return torch.stack([torch.stack([values[k] for k, (i, j) in enumerate(pairs) if i == s and subset[s, j]])
+                            .mean(0) for s in range(b)])
+    seg = [mean_over(o, availability) for o in outputs]
+    per_subset = [torch.stack([mean_over(o, subset) for subset in subsets]) for o in outputs]
+    features = [skips[s] for s in net.mi_stages]
+    mi = net.mi([mean_over(f, availability) for f in features],
+                [torch.stack([mean_over(f, subset) for subset in subsets]) for f in features])
+    return seg, per_subset, mi
+
+
+def test_holder_mi_training_forward_equals_available_pairs_only_on_all_15_masks():
+    from test_holder_mi import network
+    net = network(mi_num_levels=1).train()
+    masks = torch.stack(masks_of(4))
+    x = torch.randn(len(masks), 4, *PATCH) * masks[:, :, None, None, None]
+    for xb, mb in [(x, masks)] + [(x[i:i + 1], masks[i:i + 1]) for i in range(len(masks))]:
+        with torch.no_grad():
+            seg, aux = net(xb, mb, return_aux=True)
+            ref_seg, ref_subsets, ref_mi = reference_holder_mi_forward(net, xb, mb)
+        for a, r in zip(seg, ref_seg):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+        for a, r in zip(aux['_subset_outputs'], ref_subsets):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(aux['mi'], ref_mi, rtol=1e-4, atol=1e-6)
