@@ -128,3 +128,25 @@ def test_holder_mi_training_forward_equals_available_pairs_only_on_all_15_masks(
         for a, r in zip(aux['_subset_outputs'], ref_subsets):
             torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(aux['mi'], ref_mi, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_ciml_equals_per_segmentor_encoders_on_all_15_masks(training, monkeypatch):
+    from test_ciml import make_network
+    net = make_network().train(training)
+    masks = torch.stack(masks_of(4))
+    x = torch.randn(len(masks), 4, 16, 16, 16) * masks[:, :, None, None, None]
+    for xb, mb in [(x, masks)] + [(x[i:i + 1], masks[i:i + 1]) for i in range(len(masks))]:
+        torch.manual_seed(3)
+        with torch.no_grad():
+            seg, aux = net(xb, mb, return_aux=True)
+        with monkeypatch.context() as patch:      # the former encoding: one call per segmentor
+            patch.setattr(net, '_encode', lambda v: [s.encoder(v[:, m:m + 1]) for m, s in enumerate(net.segmentors)])
+            torch.manual_seed(3)
+            with torch.no_grad():
+                ref_seg, ref_aux = net(xb, mb, return_aux=True)
+        for a, r in zip(seg, ref_seg):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+        assert set(aux) == set(ref_aux)
+        if training:
+            torch.testing.assert_close(aux['kl'], ref_aux['kl'], rtol=1e-4, atol=1e-6)

@@ -57,7 +57,8 @@ Missing modalities (our extension of the paper)
 -----------------------------------------------
 * Every segmentor runs for every sample (its input is zero when its modality is missing); missing modalities are
   handled by masks, never by skipping modules, so every parameter receives a gradient each step (DDP with
-  ``find_unused_parameters=False``).
+  ``find_unused_parameters=False``). The segmentors' encoders (plain-conv encoders of equal shape, one input
+  channel each) run as one grouped pass over all modalities (:mod:`nnunet_missingmod.networks.grouped`).
 * A missing modality sends no message: its encoder features are multiplied by 0 before the gate, its attention
   map is multiplied by 0 and its complementary representation (mu or sample) by 0. Its segmentor drops out of the
   average. The output therefore does not depend on a missing modality's input at all, and no loss sends a
@@ -74,6 +75,7 @@ from __future__ import annotations
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
+from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
 from torch import nn
 
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -81,6 +83,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunet_missingmod.losses.information_bottleneck import gaussian_kl_standard_normal
 from nnunet_missingmod.modalities import modality_index, modality_names
 from nnunet_missingmod.networks.base import MissingModalityNetwork
+from nnunet_missingmod.networks.grouped import grouped_forward
 from nnunet_missingmod.networks.plans import scale_widths
 from nnunet_missingmod.regions import region_index, region_names
 
@@ -282,6 +285,14 @@ class CIMLNetwork(MissingModalityNetwork):
         weights = torch.where(has_primary, primary, fallback)
         return weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
 
+    def _encode(self, x: torch.Tensor) -> List[List[torch.Tensor]]:
+        """Per segmentor its encoder's skips; plain-conv encoders in one grouped pass, other encoders in turn."""
+        encoders = [s.encoder for s in self.segmentors]
+        if not isinstance(encoders[0], PlainConvEncoder):
+            return [encoder(x[:, m:m + 1]) for m, encoder in enumerate(encoders)]
+        levels = [s.unflatten(1, (self.num_modalities, -1)) for s in grouped_forward(encoders, x)]
+        return [[level[:, m] for level in levels] for m in range(self.num_modalities)]
+
     def _decode(self, m: int, skips: List[List[torch.Tensor]], avail: torch.Tensor) -> List[torch.Tensor]:
         seg = self.segmentors[m]
         dec = seg.decoder
@@ -303,7 +314,7 @@ class CIMLNetwork(MissingModalityNetwork):
 
     def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor):
         avail = availability.to(x.dtype)
-        skips = [self.segmentors[m].encoder(x[:, m:m + 1]) for m in range(self.num_modalities)]
+        skips = self._encode(x)
         per_segmentor = [self._decode(m, skips, avail) for m in range(self.num_modalities)]
         weights = self.combination_weights(availability).to(x.dtype)
         absent = (weights.sum(1) == 0).to(x.dtype) * ABSENT_LOGIT                 # (B, R), only without fallback
