@@ -24,7 +24,7 @@ def test_budget_verdict_uses_design_limits():
                                                   peak_memory_mb=100.0, predict_s=1.0),
                             'slow': dict(parameters=1e6, gflops_per_patch=2.0, step_s=1.4, peak_memory_mb=100.0,
                                          predict_s=1.0)}, 'header')
-    assert '| slow | 1.00 | 2.0 | 1.400 | 100 | 1.00 | 1.40 | 1.00 | 1.00 | NO |' in table
+    assert '| slow | 1.00 | 2.0 | 1.400 | – | 100 | 1.00 | 1.40 | – | 1.00 | 1.00 | NO |' in table
 
 
 def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):
@@ -37,7 +37,7 @@ def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):
     assert list(results) == ['nnUNetTrainer', 'nnUNetTrainerModalityDropout']
     for figures in results.values():
         assert figures['parameters'] > 0 and figures['gflops_per_patch'] > 0
-        assert figures['step_s'] > 0 and figures['predict_s'] > 0 and figures['peak_memory_mb'] >= 0
+        assert figures['step_s'] > 0 and figures['step_cpu_s'] > 0 and figures['predict_s'] > 0 and figures['peak_memory_mb'] >= 0
     # same network from the same plans: identical size and FLOPs
     assert results['nnUNetTrainer']['parameters'] == results['nnUNetTrainerModalityDropout']['parameters']
     assert results['nnUNetTrainer']['gflops_per_patch'] == results['nnUNetTrainerModalityDropout']['gflops_per_patch']

@@ -8,7 +8,9 @@ temporary ``nnUNet_results``, never to the real one):
 * parameters: ``sum(p.numel())`` of the network nnU-Net builds for the trainer;
 * FLOPs: ``torch.utils.flop_counter`` for one forward pass of one patch (eval mode, all modalities present);
 * training step: median wall time of ``trainer.train_step`` (forward, backward, SGD step, with the trainer's own
-  modality dropout and auxiliary losses) over ``--steps`` steps after ``--warmup`` steps;
+  modality dropout and auxiliary losses) over ``--steps`` steps after ``--warmup`` steps, and the median CPU time
+  of the process over the same steps (all its threads; on a CPU shared with other jobs this figure is less
+  disturbed by them than the wall time);
 * peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the increase of the process's peak resident
   set size over the training steps (includes allocator caching, so treat small differences with care);
 * prediction: wall time of nnU-Net's sliding-window prediction of one preprocessed case (no mirroring).
@@ -45,7 +47,7 @@ def default_trainers() -> list[str]:
     return ['nnUNetTrainer'] + found
 
 
-FIGURES = ('parameters', 'gflops_per_patch', 'step_s', 'peak_memory_mb', 'predict_s')
+FIGURES = ('parameters', 'gflops_per_patch', 'step_s', 'step_cpu_s', 'peak_memory_mb', 'predict_s')
 #: the project's compute budget: the largest allowed ratio to ``nnUNetTrainer`` of each figure
 BUDGET = {'step_s': 1.3, 'peak_memory_mb': 1.5, 'predict_s': 1.3}
 
@@ -98,14 +100,16 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     rss_before = _current_rss_mb()
-    times = []
+    times, cpu_times = [], []
     for _ in range(warmup + steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         trainer.train_step(batch)
         if dev.type == 'cuda':
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     figures['step_s'] = statistics.median(times[warmup:])
+    figures['step_cpu_s'] = statistics.median(cpu_times[warmup:])
     figures['peak_memory_mb'] = (torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == 'cuda'
                                  else max(0.0, _peak_rss_mb() - rss_before))
 
@@ -158,16 +162,17 @@ def device_description(device: str) -> str:
 def markdown_table(results: dict, header: str) -> str:
     rel = ratios(results)
     lines = [header, '',
-             '| trainer | params (M) | GFLOPs/patch | step (s) | peak mem (MB) | predict (s) | step × | mem × '
-             '| predict × | budget |',
-             '|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
+             '| trainer | params (M) | GFLOPs/patch | step (s) | step CPU (s) | peak mem (MB) | predict (s) | step × '
+             '| step CPU × | mem × | predict × | budget |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
     for trainer, r in results.items():
         q = rel[trainer]
         fmt = lambda v: '–' if v is None else f'{v:.2f}'  # noqa: E731
         verdict = {True: 'yes', False: 'NO', None: '–'}[within_budget(q)]
         lines.append(f"| {trainer} | {r['parameters'] / 1e6:.2f} | {r['gflops_per_patch']:.1f} | {r['step_s']:.3f} "
-                     f"| {r['peak_memory_mb']:.0f} | {r['predict_s']:.2f} | {fmt(q['step_s'])} "
-                     f"| {fmt(q['peak_memory_mb'])} | {fmt(q['predict_s'])} | {verdict} |")
+                     f"| {fmt(r.get('step_cpu_s'))} | {r['peak_memory_mb']:.0f} | {r['predict_s']:.2f} "
+                     f"| {fmt(q['step_s'])} | {fmt(q.get('step_cpu_s'))} | {fmt(q['peak_memory_mb'])} "
+                     f"| {fmt(q['predict_s'])} | {verdict} |")
     limits = ', '.join(f'{k} ≤ {v}×' for k, v in BUDGET.items())
     return '\n'.join(lines) + f'\n\nbudget: {limits} of nnUNetTrainer\n'
 
