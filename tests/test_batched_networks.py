@@ -101,7 +101,7 @@ def reference_holder_mi_forward(net, x, availability):
         affine.rows = torch.tensor([j for _, j in pairs])
     skips = net.backbone.encoder(torch.stack([d[i, j] for i, j in pairs]))
     outputs = net.backbone.decoder(skips)
-    subsets = net.training_subsets(availability)
+    subsets = former_subsets(availability)
 
     def mean_over(values, subset):
         return torch.stack([torch.stack([values[k] for k, (i, j) in enumerate(pairs) if i == s and subset[s, j]])
@@ -126,7 +126,7 @@ def test_holder_mi_training_forward_equals_available_pairs_only_on_all_15_masks(
         for a, r in zip(seg, ref_seg):
             torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
         for a, r in zip(aux['_subset_outputs'], ref_subsets):
-            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(a[aux['_subset_weights'] > 0], r, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(aux['mi'], ref_mi, rtol=1e-4, atol=1e-6)
 
 
@@ -150,3 +150,45 @@ def test_ciml_equals_per_segmentor_encoders_on_all_15_masks(training, monkeypatc
         assert set(aux) == set(ref_aux)
         if training:
             torch.testing.assert_close(aux['kl'], ref_aux['kl'], rtol=1e-4, atol=1e-6)
+
+
+def former_subsets(availability):
+    """The former numpy enumeration: codes 1 .. 2^k_max - 1 over the ranks of each sample's available modalities."""
+    avail = availability.numpy()
+    k_max = int(avail.sum(1).max())
+    out = np.zeros((2 ** k_max - 1,) + avail.shape, dtype=bool)
+    for b in range(avail.shape[0]):
+        idx = np.flatnonzero(avail[b])
+        for code in range(1, 2 ** k_max):
+            chosen = [idx[j] for j in range(idx.size) if code >> j & 1]
+            out[code - 1, b, chosen if chosen else idx] = True
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize('availability', [[[1, 1, 1, 1], [1, 1, 1, 1]], [[1, 1, 1, 0], [0, 0, 1, 0]],
+                                          [[1, 0, 1, 0], [0, 1, 1, 0]]])
+def test_holder_mi_loss_terms_equal_the_former_loop_over_subsets(availability, tmp_path):
+    """Vectorised subset losses with weights = the former loop over the 2^k_max - 1 subsets, plain mean."""
+    from conftest import make_trainer
+    from test_holder_mi_gradients import batch
+    from nnunet_missingmod.losses.divergences import divergence_loss
+    from nnunet_missingmod.training import holder_mi_trainer as hm
+    trainer = make_trainer(hm.nnUNetTrainerHolderMI, tmp_path)
+    data, target, _ = batch()
+    availability = torch.tensor(availability, dtype=torch.bool)
+    data = data * availability[:, :, None, None, None]
+    with torch.no_grad():
+        _, terms = trainer.forward_loss(data, target, availability)
+        seg, aux = trainer.network(data, availability, return_aux=True)
+    subsets = former_subsets(availability)
+    used = aux['_subset_weights'] > 0
+    assert torch.equal(aux['_subsets'][used], subsets)
+    outputs = [o[used] for o in aux['_subset_outputs']]
+    expected_seg = sum(trainer.loss([o[s] for o in outputs], target) for s in range(len(subsets))) / len(subsets)
+    label = target[0]                         # regions: the divergence's label is the region target itself
+    expected_hd = divergence_loss(outputs[0].float(), label[None].expand_as(outputs[0]), 'sigmoid', 'holder', 1.1,
+                                  dim=2)
+    expected_hd = trainer.loss.weight_factors[0] * expected_hd + trainer.loss.weight_factors[1] * divergence_loss(
+        outputs[1].float(), target[1][None].expand_as(outputs[1]), 'sigmoid', 'holder', 1.1, dim=2)
+    torch.testing.assert_close(terms['seg'], expected_seg, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms['hd'], expected_hd, rtol=1e-5, atol=1e-6)

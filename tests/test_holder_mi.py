@@ -94,27 +94,30 @@ def test_finite_outputs_and_losses_under_all_15_masks():
         seg, aux = net(x, availability, return_aux=True)
         assert len(seg) == 2 and seg[0].shape == (1, 3, 8, 8, 8) and seg[1].shape == (1, 3, 4, 4, 4)
         assert all(torch.isfinite(s).all() for s in seg)
-        n_subsets = 2 ** len(subset) - 1
-        assert aux['_subset_outputs'][0].shape == (n_subsets, 1, 3, 8, 8, 8)
+        assert aux['_subset_outputs'][0].shape == (15, 1, 3, 8, 8, 8)    # every code; the unused ones weigh 0
+        assert aux['_subset_weights'].sum() == 2 ** len(subset) - 1
         assert all(torch.isfinite(o).all() for o in aux['_subset_outputs'])
         assert torch.isfinite(aux['mi']) and float(aux['mi'].detach()) != 0.0
 
 
 def test_training_subsets_enumerate_or_draw_within_availability():
     net = network()
-    full = net.training_subsets(masks([1, 1, 1, 1], [1, 1, 1, 1]))
-    assert full.shape == (15, 2, M)
+    full, weights = net.training_subsets(masks([1, 1, 1, 1], [1, 1, 1, 1]))
+    assert full.shape == (15, 2, M) and bool((weights == 1).all())
     assert {tuple(np.flatnonzero(m)) for m in full[:, 0].numpy()} == set(all_subsets(M))
-    two = net.training_subsets(masks([1, 0, 1, 0], [0, 1, 0, 1]))
+    two, weights = net.training_subsets(masks([1, 0, 1, 0], [0, 1, 0, 1]))
+    two = two[weights > 0]
     assert {tuple(np.flatnonzero(m)) for m in two[:, 0].numpy()} == {(0,), (2,), (0, 2)}
     assert {tuple(np.flatnonzero(m)) for m in two[:, 1].numpy()} == {(1,), (3,), (1, 3)}
     # uneven availability: every subset stays inside the sample's available set and is never empty
-    uneven = net.training_subsets(masks([1, 1, 1, 0], [0, 0, 1, 0]))
-    assert uneven.shape[0] == 7 and bool((uneven[:, 1] == masks([0, 0, 1, 0])).all())
+    uneven, weights = net.training_subsets(masks([1, 1, 1, 0], [0, 0, 1, 0]))
+    assert weights.tolist() == [1.0] * 7 + [0.0] * 8
+    assert bool((uneven[:, 0] & ~masks([1, 1, 1, 0])[0]).sum() == 0)
+    assert bool((uneven[:, 1] == masks([0, 0, 1, 0])).all())
     net.subsets_per_step = 5
     availability = masks([1, 1, 0, 1], [0, 1, 1, 0])
-    drawn = net.training_subsets(availability)
-    assert drawn.shape == (5, 2, M)
+    drawn, weights = net.training_subsets(availability)
+    assert drawn.shape == (5, 2, M) and bool((weights == 1).all())
     assert bool((drawn & ~availability).sum() == 0) and bool(drawn.any(-1).all())
 
 

@@ -29,7 +29,8 @@ In training mode the network also enumerates/draws the modality subsets of Algor
 and returns, besides the prediction for the given mask:
 
 * ``aux['_subset_outputs']``: per deep-supervision level the predictions of every subset, (S, B, K, *spatial);
-* ``aux['_subsets']``: the (S, B, M) subset masks;
+* ``aux['_subsets']``: the (S, B, M) subset masks and ``aux['_subset_weights']`` their (S,) weights in every
+  average over subsets (0 for the codes a batch without a complete sample does not use);
 * ``aux['_features']``: the per-pair encoder features of the MI levels (N, C_k, *spatial) and
   ``aux['_pair_index']`` (N, 2) (sample, modality) of each pair;
 * ``aux['mi']``: the unweighted L_MI (Eq. 4-5) between ``d_f`` (mean over the sample's available modalities) and
@@ -49,7 +50,6 @@ from torch import nn
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 
 from nnunet_missingmod.losses.mutual_information import VariationalMILoss
-from nnunet_missingmod.modalities import draw_availability
 from nnunet_missingmod.networks.base import MissingModalityNetwork
 from nnunet_missingmod.networks.modality_norm import make_norms_modality_specific
 from nnunet_missingmod.networks.plans import resolve_arch_kwargs, scale_widths
@@ -143,30 +143,33 @@ class SharedBackboneNetwork(MissingModalityNetwork):
         return cls(num_input_channels, num_output_channels, backbone_class, bk, **kwargs)
 
     # ------------------------------------------------------------------ subsets
-    def training_subsets(self, availability: torch.Tensor) -> torch.Tensor:
-        """(S, B, M) bool subsets of each sample's available modalities used in one training step.
+    def training_subsets(self, availability: torch.Tensor):
+        """``(subsets, weights)``: (S, B, M) bool subsets of each sample's available modalities used in one training
+        step, and (S,) weights of the subsets in the step's averages (1 or 0). Tensor operations on the mask's
+        device: no host sync, ``S`` does not depend on the mask.
 
-        ``subsets_per_step is None`` (Algorithm 1): subset code ``c = 1 .. 2^k - 1`` (k = largest number of available
-        modalities in the batch) selects, in every sample, the available modalities whose *rank* among that
-        sample's available ones has bit set in ``c``; an empty selection (a sample with fewer available modalities)
-        falls back to all its available modalities. For a batch whose samples have the same number of available
-        modalities (complete data: every sample), this is exactly the enumeration of all non-empty subsets.
-        ``subsets_per_step = n``: n subsets drawn uniformly (over non-empty subsets) per sample.
+        ``subsets_per_step is None`` (Algorithm 1): subset code ``c = 1 .. 2^M - 1`` selects, in every sample, the
+        available modalities whose *rank* among that sample's available ones has bit set in ``c``; an empty
+        selection (a sample with fewer available modalities) falls back to all its available modalities. Codes
+        ``c >= 2^k`` (k = largest number of available modalities in the batch) get weight 0, so the averages run
+        over ``c = 1 .. 2^k - 1``: for a batch whose samples have the same number of available modalities
+        (complete data: every sample) exactly the non-empty subsets. ``subsets_per_step = n``: n subsets per
+        sample drawn uniformly over its non-empty subsets (a uniform code ``1 .. 2^k_b - 1`` of its ``k_b``
+        available modalities, from :attr:`rng`), all of weight 1.
         """
-        avail = availability.cpu().numpy().astype(bool)
-        B, M = avail.shape
+        B, M = availability.shape
+        device = availability.device
+        rank = (availability.cumsum(1) - 1).clamp_min(0)                                   # (B, M)
         if self.subsets_per_step is None:
-            k_max = int(avail.sum(1).max())
-            masks = np.zeros((2 ** k_max - 1, B, M), dtype=bool)
-            for b in range(B):
-                idx = np.flatnonzero(avail[b])
-                for code in range(1, 2 ** k_max):
-                    chosen = [idx[j] for j in range(idx.size) if code >> j & 1]
-                    masks[code - 1, b, chosen if chosen else idx] = True
+            codes = torch.arange(1, 2 ** M, device=device)[:, None]                        # (S, 1)
+            weights = (codes[:, 0] < 2 ** availability.sum(1).max()).float()
         else:
-            masks = np.stack([np.stack([draw_availability(avail[b], self.rng) for b in range(B)])
-                              for _ in range(int(self.subsets_per_step))])
-        return torch.from_numpy(masks).to(availability.device)
+            uniform = torch.from_numpy(self.rng.random((int(self.subsets_per_step), B))).to(device)
+            codes = 1 + (uniform * (2 ** availability.sum(1) - 1)).long()                # (S, B)
+            weights = torch.ones(codes.shape[0], device=device)
+        chosen = ((codes[..., None] >> rank) & 1).bool() & availability                 # (S, B, M)
+        subsets = torch.where(chosen.any(-1, keepdim=True), chosen, availability)
+        return subsets, weights
 
     # ------------------------------------------------------------------ forward
     def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor):
@@ -190,12 +193,12 @@ class SharedBackboneNetwork(MissingModalityNetwork):
         if not self.training:
             return seg, {}
 
-        subsets = self.training_subsets(availability)
+        subsets, weights = self.training_subsets(availability)
         features = [skips[s] for s in self.mi_stages]
         aux = {'_subset_outputs': [combine_pairs(o, pair_index, subsets) for o in outputs],
-               '_subsets': subsets, '_features': features, '_pair_index': pair_index}
+               '_subsets': subsets, '_subset_weights': weights, '_features': features, '_pair_index': pair_index}
         if self.mi is not None:
             d_full = [combine_pairs(f, pair_index, full)[0] for f in features]      # (B, C, ...): teacher
             d_missing = [combine_pairs(f, pair_index, subsets) for f in features]  # (S, B, C, ...): students
-            aux['mi'] = self.mi(d_full, d_missing)
+            aux['mi'] = self.mi(d_full, d_missing, weights[:, None].expand(-1, B))
         return seg, aux

@@ -140,33 +140,48 @@ class nnUNetTrainerHolderMI(nnUNetTrainerMissingModality):
         onehot = torch.nn.functional.one_hot(labels, n_classes).movedim(-1, 1)
         return onehot, 'softmax', mask
 
-    def holder_loss(self, subset_outputs, target) -> torch.Tensor:
-        """Deep-supervision weighted L_HD of every subset prediction (S, B, K, ...) against the target, averaged
-        over subsets (and samples and classes, or voxels)."""
+    def holder_loss(self, subset_outputs, target, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Deep-supervision weighted L_HD (Eq. 1-2) of every subset prediction (S, B, K, ...) against the target,
+        averaged over the subsets with ``weights`` (S,) (default: equal) and over samples and classes (or voxels);
+        one vectorised evaluation over the subsets."""
         targets = target if isinstance(target, (list, tuple)) else [target]
-        total = torch.zeros((), device=subset_outputs[0].device)
-        for weight, logits, tgt in zip(self._deep_supervision_weights(len(subset_outputs)), subset_outputs, targets):
-            if weight == 0:
-                continue
-            label, mode, mask = self._divergence_target(tgt, logits.shape[2])
-            total = total + weight * divergence_loss(logits.float(), label, mode, self.divergence,
-                                                     self.holder_alpha, dim=2, mask=mask,
-                                                     domain=self.divergence_domain)
-        return total
+        level_weights = self._deep_supervision_weights(len(subset_outputs))
+
+        def one_subset(*levels):
+            total = torch.zeros((), device=levels[0].device)
+            for weight, logits, tgt in zip(level_weights, levels, targets):
+                if weight != 0:
+                    label, mode, mask = self._divergence_target(tgt, logits.shape[1])
+                    total = total + weight * divergence_loss(logits.float(), label, mode, self.divergence,
+                                                             self.holder_alpha, dim=1, mask=mask,
+                                                             domain=self.divergence_domain)
+            return total
+        return _subset_mean(torch.func.vmap(one_subset)(*subset_outputs), weights)
 
     def segmentation_terms(self, output, aux: Dict[str, torch.Tensor], target, availability: torch.Tensor
                            ) -> Dict[str, torch.Tensor]:
-        """Dice (and L_HD) of every subset's prediction, averaged over the subsets (Algorithm 1)."""
-        subset_outputs = aux['_subset_outputs']
-        n_subsets = subset_outputs[0].shape[0]
-        if isinstance(output, (list, tuple)):
-            seg = sum(self.loss([o[s] for o in subset_outputs], target) for s in range(n_subsets)) / n_subsets
+        """Dice (and L_HD) of every subset's prediction, averaged over the subsets with the network's subset weights
+        (Algorithm 1); nnU-Net's loss evaluated once, vectorised over the subsets (``torch.func.vmap``), except
+        under DDP with batch Dice, whose all-gather cannot be vectorised: there one call per subset."""
+        subset_outputs, weights = aux['_subset_outputs'], aux['_subset_weights']
+
+        def one_subset(*levels):
+            return self.loss(list(levels) if isinstance(output, (list, tuple)) else levels[0], target)
+        if self.is_ddp and self.configuration_manager.batch_dice:
+            seg = torch.stack([one_subset(*(o[s] for o in subset_outputs)) for s in range(len(weights))])
         else:
-            seg = sum(self.loss(subset_outputs[0][s], target) for s in range(n_subsets)) / n_subsets
-        terms = {'seg': seg}
+            seg = torch.func.vmap(one_subset)(*subset_outputs)
+        terms = {'seg': _subset_mean(seg, weights)}
         if self.term_weight('hd') > 0:
-            terms['hd'] = self.holder_loss(subset_outputs, target)
+            terms['hd'] = self.holder_loss(subset_outputs, target, weights)
         return terms
+
+
+def _subset_mean(values: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """Weighted mean of per-subset values (S,) (plain mean without weights)."""
+    if weights is None:
+        return values.mean()
+    return (values * weights.to(values.dtype)).sum() / weights.sum().to(values.dtype)
 
 
 # ---------------------------------------------------------------------- Table V ablations
