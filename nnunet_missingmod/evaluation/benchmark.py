@@ -25,10 +25,10 @@ included (its network just sees zero-filled channels).
 
 Outputs in ``-o``: ``per_case.csv``, ``summary.json``, ``table_dice.md/.tex``, ``table_hd95.md/.tex``,
 ``heatmap_dice.png``, ``dice_vs_missing.png`` (see :func:`nnunet_missingmod.evaluation.tables.write_reports`),
-with ``--lesionwise`` also ``table_lesionwise.md`` and, with ``--save_predictions``,
-``predictions/<subset>/<case><file_ending>``. A non-empty ``-o`` is refused unless ``--overwrite``, which first
-removes these outputs of an earlier run (other files are left alone). Every reference label map is read and its
-label values checked before the first prediction.
+with ``--lesionwise`` also ``table_lesiondice.md/.tex``, ``table_lesionhd95.md/.tex`` and ``table_lesionwise.md``
+and, with ``--save_predictions``, ``predictions/<subset>/<case><file_ending>``. A non-empty ``-o`` is refused
+unless ``--overwrite``, which first removes these outputs of an earlier run (other files are left alone). Every
+reference label map is read and its label values checked before the first prediction.
 """
 from __future__ import annotations
 
