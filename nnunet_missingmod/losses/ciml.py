@@ -30,16 +30,18 @@ class SegmentorRegionLoss(nn.Module):
     The value is nnU-Net's loss (``DC_and_BCE_loss`` with the trainer's ``batch_dice``) of the sub-batch
     ``outputs[sample_mask][:, regions]``; masked samples get zero gradient. An empty sub-batch gives 0.
 
-    * ``batch_dice=False`` (nnU-Net's default for 3d_fullres): the sub-batch is indexed out and nnU-Net's loss is
-      called on it. (Masking the samples out instead would give every masked sample the Dice of an empty/empty
-      pair, 1, and bias the mean over samples; it would also make the BCE a sum over regions, nnU-Net's
-      ignore-label convention.)
-    * ``batch_dice=True``: written as a mask over the whole batch -- nnU-Net's Dice with a loss mask (the global
-      sums over the batch equal those of the sub-batch) and the BCE averaged over the unmasked voxels and regions
-      -- so that under DDP every rank calls the Dice all-gather the same number of times (three per deep
-      supervision level) whatever modalities it drew. Under DDP the Dice is the one of the sub-batches of all
-      ranks together (nnU-Net's DDP batch Dice); a rank whose sub-batch is empty then contributes BCE 0 and that
-      global Dice (zero gradient to its own outputs).
+    Both settings are computed on the whole batch with a (B, 1, ...) voxel mask, so the loss has no host sync and
+    no shape that depends on the mask:
+
+    * ``batch_dice=False`` (nnU-Net's default for 3d_fullres): nnU-Net's Dice with the mask gives a masked-out
+      sample the Dice of an empty/empty pair, exactly 1 (``smooth / smooth``); the mean over the present samples
+      is recovered from the mean over the batch, ``(B * L + (B - n)) / n`` for ``n`` present samples (the loss is
+      the negative mean Dice), and the BCE is averaged over the present samples' voxels and regions.
+    * ``batch_dice=True``: nnU-Net's Dice with the mask (the global sums over the batch equal those of the
+      sub-batch) and the BCE averaged over the unmasked voxels and regions, so that under DDP every rank calls the
+      Dice all-gather the same number of times (three per deep supervision level) whatever modalities it drew.
+      Under DDP the Dice is the one of the sub-batches of all ranks together (nnU-Net's DDP batch Dice); a rank
+      whose sub-batch is empty then contributes BCE 0 and that global Dice (zero gradient to its own outputs).
     """
 
     def __init__(self, batch_dice: bool, ddp: bool, deep_supervision_weights: Optional[Sequence[float]],
@@ -53,10 +55,6 @@ class SegmentorRegionLoss(nn.Module):
         self.ddp = bool(ddp)
         self.has_ignore_label = has_ignore_label
 
-    def _sub_batch(self, out: torch.Tensor, tgt: torch.Tensor, regions: Sequence[int], index: torch.Tensor):
-        channels = list(regions) + ([tgt.shape[1] - 1] if self.has_ignore_label else [])
-        return self.loss(out[index][:, list(regions)], tgt[index][:, channels])
-
     def _masked(self, out: torch.Tensor, tgt: torch.Tensor, regions: Sequence[int], present: torch.Tensor):
         """nnU-Net's loss of the sub-batch, computed on the whole batch with a (B, 1, ...) voxel mask."""
         out = out[:, list(regions)]
@@ -65,6 +63,11 @@ class SegmentorRegionLoss(nn.Module):
         if self.has_ignore_label:
             mask = mask & (tgt[:, -1:] == 0)
         dice = self.loss.dc(out, target, loss_mask=mask)
+        b, n = present.shape[0], present.sum()
+        if not self.batch_dice:                          # mean over the present samples (class docstring)
+            dice = (b * dice + (b - n)) / n.clamp_min(1)
+        if not (self.batch_dice and self.ddp):           # an empty sub-batch gives 0 (DDP batch Dice: the global one)
+            dice = torch.where(n > 0, dice, torch.zeros_like(dice))
         bce = F.binary_cross_entropy_with_logits(out.float(), target, reduction='none')
         # nnU-Net's BCE: mean over voxels and regions; with an ignore label, sum over regions / unmasked voxels
         count = mask.sum() * (1 if self.has_ignore_label else out.shape[1])
@@ -79,16 +82,8 @@ class SegmentorRegionLoss(nn.Module):
         if len(weights) < len(outputs):
             raise ValueError(f"{len(outputs)} outputs but only {len(weights)} deep supervision weights")
         present = sample_mask.to(device=outputs[0].device, dtype=torch.bool)
-        collective = self.batch_dice and self.ddp
-        if not collective and not bool(present.any()):
-            return sum(o.sum() for o in outputs) * 0.0                         # empty sub-batch: 0, graph kept
-        index = present.nonzero().squeeze(1)
         total = 0.0
         for w, out, tgt in zip(weights, outputs, targets):
-            if w == 0.0:
-                continue
-            if self.batch_dice:
+            if w != 0.0:
                 total = total + w * self._masked(out, tgt, regions, present)
-            else:
-                total = total + w * self._sub_batch(out, tgt, regions, index)
         return total
