@@ -110,19 +110,20 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         """nnU-Net's torch.compile rule, except that networks of the availability protocol are not compiled unless
         ``nnUNet_compile`` is set to true explicitly.
 
-        Their forward branches on the availability masks (``Tensor.item`` graph breaks) and their Python-side
-        subset bookkeeping specialises a graph per modality subset: torch 2.x's dynamo re-compiles per subset and
-        falls back to eager after its recompile limit (measured on CPU with the ``aot_eager`` backend, see
-        ``tests/test_compile.py``). Compiling would spend minutes for little gain, so the default is eager, said
-        once in the training log.
+        Their training forwards are one dynamo graph (the masks enter as tensor operations, ``tests/test_compile.py``)
+        except where a draw comes from the trainer's seeded NumPy generator (SMSN's fusion order, Hölder-MI's
+        random subsets: one graph break per draw); in eval mode the host check of the mask is one graph break.
+        Measured on the CPU (README, "Compute"): compiling a fusion network's training step took minutes and gave
+        steps no faster than eager, and nnU-Net never compiles on a CPU anyway; on a GPU the gain has not been
+        measured, so the default stays eager, said once in the training log.
         """
         if isinstance(self.bare_network, MissingModalityNetwork) and \
                 os.environ.get('nnUNet_compile', '').lower() not in ('true', '1', 't'):
             if not getattr(self, '_compile_note_logged', False):
                 self._compile_note_logged = True
-                self.print_to_log_file(f"torch.compile is off for {type(self.bare_network).__name__}: its forward "
-                                       f"depends on the modality availability (graph breaks, one recompilation "
-                                       f"per subset). Set nnUNet_compile=t to compile it anyway.")
+                self.print_to_log_file(f"torch.compile is off for {type(self.bare_network).__name__}: its gain "
+                                       f"has not been measured on a GPU (README, Compute). Set nnUNet_compile=t to "
+                                       f"compile it.")
             return False
         return super()._do_i_compile()
 
