@@ -175,7 +175,7 @@ def test_every_mask_gives_finite_outputs_of_the_right_shapes(fusion):
 
 @pytest.mark.parametrize('fusion', sorted(FUSIONS))
 def test_missing_modality_contributes_nothing(fusion):
-    """Whatever sits in a missing channel, the prediction is the same (the channel is never encoded)."""
+    """Whatever sits in a missing channel, the prediction is the same (its encoder output is multiplied by 0)."""
     net = build(fusion).eval()
     net.set_deep_supervision_enabled(False)
     x = torch.randn(2, 4, *PATCH)

@@ -5,7 +5,8 @@ Every fusion module is built as ``fusion(num_modalities, channels, block_kwargs,
 ``fused, aux = fusion(features, availability, image)`` with
 
 * ``features``: ``(B, M, C, *spatial)`` bottleneck features of the ``M`` modality encoders, in channel order;
-  entries of missing modalities are zero (their encoders are not run) and are excluded by every fusion;
+  entries of missing modalities are zero (their encoder outputs are multiplied by the mask) and are excluded by
+  every fusion;
 * ``availability``: ``(B, M)`` bool, True = present, at least one modality per sample;
 * ``image``: ``(B, M, *patch)`` the network input (missing modalities zero-filled), or ``None``. Only
   :class:`SMSNFusion` reads it (its reconstruction loss, Eq. 6, rebuilds the input modalities);
