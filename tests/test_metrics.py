@@ -89,6 +89,7 @@ def test_one_side_empty_conventions(side):
     assert hd95(pred, ref, spacing, 0) == 0.0
     assert hd95(pred, ref, spacing, 1) == 1.0
     assert hd95(pred, ref, spacing, '1') == 1.0  # numbers given as text (command line)
+    assert hd95(pred, ref, spacing, '373') == 373.0  # --hd95-empty 373: the official brats-evaluation value
 
 
 def test_empty_convention_errors_and_diagonal():

@@ -7,7 +7,8 @@ Conventions (all tested in ``tests/test_metrics.py``):
 * **one side empty**: Dice 0 (the formula gives it). HD95 is undefined; ``hd95_empty`` chooses what is reported:
 
   - ``'penalty'`` (default): the fixed :data:`HD95_PENALTY_MM` = 373.13 mm, the diagonal of the BraTS
-    240 × 240 × 155 mm³ volume (the value the BraTS challenge and most missing-modality papers use);
+    240 × 240 × 155 mm³ volume (the value most missing-modality papers use; the official ``brats-evaluation``
+    parser uses it rounded to 373, which ``hd95_empty=373`` gives);
   - ``'max'``: the diagonal of *this* image in mm, ``sqrt(sum((shape * spacing)^2))``;
   - ``'nan'``: NaN, the case/region is left out of means (``nanmean``) — as in nnU-Net-style reporting;
   - a number (e.g. ``0`` or ``1``): that fixed value, for "0/1 style" reporting where a missed or hallucinated
