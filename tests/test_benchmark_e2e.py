@@ -1,7 +1,7 @@
 """Missing-modality prediction and the subset benchmark.
 
 The first tests check :class:`MissingModalityPredictor` on a tiny hand-made network (no data set needed). The
-end-to-end tests train ``nnUNetTrainerModalityDropout`` for two iterations (``trained_model`` fixture), run
+end-to-end tests train ``nnUNetTrainerModalityDropout`` briefly (``trained_model`` fixture), run
 ``nnUNetv2_mm_benchmark --val`` once with every subset and check it against nnU-Net's own ``nnUNetv2_predict``
 (full modalities and a zero-filled modality file) and against ``nnUNetv2_mm_predict`` (absent file, ``--missing``,
 a case without any modality).

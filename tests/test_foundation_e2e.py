@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from conftest import DATASET_ID, run
+from conftest import DATASET_ID, assert_overlaps_tumour, run
 from nnunet_missingmod.env import EXT_TRAINER_DIR, ext_trainer_path
 
 
@@ -93,12 +93,13 @@ def test_modality_dropout_trains_logs_subsets_and_predicts_zero_filled_cases(nnu
     checkpoint = torch.load(folder / 'fold_0' / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
     assert checkpoint['trainer_name'] == 'nnUNetTrainerModalityDropout'
 
-    # stock nnUNetv2_predict with FLAIR (channel 3) zero-filled in one case
+    # stock nnUNetv2_predict: one case with every modality, one with FLAIR (channel 3) zero-filled
     images = tmp_path / 'images'
     images.mkdir()
-    case = sorted(p.name[:-12] for p in (nnunet_dataset.raw / 'imagesTr').glob('*_0000.nii.gz'))[0]
-    for c in range(4):
-        shutil.copy(nnunet_dataset.raw / 'imagesTr' / f'{case}_{c:04d}.nii.gz', images)
+    full, case = sorted(p.name[:-12] for p in (nnunet_dataset.raw / 'imagesTr').glob('*_0000.nii.gz'))[:2]
+    for name in (full, case):
+        for c in range(4):
+            shutil.copy(nnunet_dataset.raw / 'imagesTr' / f'{name}_{c:04d}.nii.gz', images)
     flair = nib.load(images / f'{case}_0003.nii.gz')
     nib.save(nib.Nifti1Image(np.zeros(flair.shape, np.float32), flair.affine, flair.header),
              images / f'{case}_0003.nii.gz')
@@ -109,6 +110,7 @@ def test_modality_dropout_trains_logs_subsets_and_predicts_zero_filled_cases(nnu
     seg = nib.load(out / f'{case}.nii.gz')
     assert seg.shape == flair.shape
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+    assert_overlaps_tumour(out / f'{full}.nii.gz', nnunet_dataset.raw / 'labelsTr' / f'{full}.nii.gz')
 
 
 def test_continue_training_with_dash_dash_c(nnunet_dataset):
