@@ -14,9 +14,8 @@
   nothing to the fusion and their encoders get exactly zero gradient from such samples; every parameter is in every
   graph (DDP with ``find_unused_parameters=False``). The mask enters only as tensor multiplications: no host sync,
   no shape that depends on it. A missing modality's encoder is computed and discarded: in training with uniform
-  modality dropout ``M / E[#present] = 15/8`` times the encoder FLOPs of the former per-modality sub-batches,
-  which on the measured configurations cost less than their ``M`` separate kernel launches and gathers
-  (README, "Compute").
+  modality dropout ``M / E[#present] = 15/8`` times the encoder FLOPs and activations of the former
+  per-modality sub-batches (on the 2-core CPU this did not pay: README, "Compute"; it is made for the GPU).
 * **Skips**: mean over the present modalities at every resolution except the bottleneck.
 * **Bottleneck**: a fusion module (:mod:`nnunet_missingmod.networks.fusion`) gets the ``(B, M, C, *spatial)``
   stack, the mask and the input image ``x`` (SMSN's reconstruction loss rebuilds the input modalities; the
