@@ -292,8 +292,11 @@ def test_stale_temporary_folders_of_killed_conversions_are_removed(env, tmp_path
 
 def test_ctrl_c_is_one_line_and_status_130(env, tmp_path):
     out = tmp_path / 'synthetic'
+    # SIGINT back to its default in the child: a shell starts background jobs with SIGINT ignored, and a Python
+    # process that inherits an ignored SIGINT keeps ignoring it (the test would then wait for its timeout)
     proc = subprocess.Popen(['nnUNetv2_mm_synthetic', '-o', str(out), '-n', '500'], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out.is_dir() and any(p.is_dir() for p in out.iterdir())) and time.time() < deadline:
         time.sleep(0.05)
