@@ -21,10 +21,13 @@ DATASET_ID = 990
 DATASET_NAME = 'Dataset990_SynthTest'
 SMOKE_CONFIG = '3d_smoke'
 N_CASES = 10
-#: training iterations of the ``3d_smoke`` configuration: after 40, nnU-Net's early-fusion network trained with modality
-#: dropout finds the synthetic tumour (:func:`assert_overlaps_tumour`); the multi-encoder networks at these widths
-#: (4-16 channels) do not yet (ConcatFusion: whole-tumour Dice 0.002), so their end-to-end tests check the pipeline
-#: only, and learning is checked at 1000 iterations in ``test_graceful_degradation.py``
+#: training iterations of the ``3d_smoke`` configuration. After 40, nnU-Net's early-fusion network trained with
+#: modality dropout ranks tumour voxels above the rest (:func:`assert_ranks_tumour`), but whether its thresholded
+#: prediction contains any tumour is a coin toss: in three runs its whole-tumour probabilities stayed below 0.5
+#: everywhere once (Dice 0, ROC AUC 0.91-0.94) and gave Dice 0.54-0.81 twice; nnU-Net's training passes through such
+#: an all-background phase between about 20 and 60 iterations on these widths (4-16 channels). The multi-encoder
+#: networks' end-to-end tests check the pipeline only; learning is checked at 1000 iterations in
+#: ``test_graceful_degradation.py``
 SMOKE_ITERATIONS = 40
 #: voxels of the synthetic cases (3 mm): about the physical size of the default, a third of its voxels, so that
 #: nnU-Net's sliding-window validation and the benchmarks need few windows on a CPU
@@ -197,16 +200,19 @@ def trained_model(nnunet_dataset):
     return train
 
 
-def assert_overlaps_tumour(prediction: Path, reference: Path, min_dice: float = 0.2) -> None:
-    """The predicted whole tumour (any label > 0) overlaps the reference's: Dice above ``min_dice``, counted here
-    with NumPy, not with the package's metrics."""
-    import nibabel as nib
+def assert_ranks_tumour(probabilities: Path, reference: Path, min_auc: float = 0.85) -> None:
+    """The whole-tumour probability that ``nnUNetv2_predict --save_probabilities`` wrote (``.npz``, channel 0: the
+    first region, WT) separates the reference's tumour voxels from the rest: ROC AUC above ``min_auc`` (0.5 is
+    chance), counted by scikit-learn, not by the package's metrics. Unlike a Dice threshold it does not depend on
+    whether a briefly trained network has crossed 0.5 yet (see :data:`SMOKE_ITERATIONS`)."""
     import numpy as np
-    pred = np.asarray(nib.load(prediction).dataobj) > 0
-    ref = np.asarray(nib.load(reference).dataobj) > 0
-    dice = 2 * np.logical_and(pred, ref).sum() / max(pred.sum() + ref.sum(), 1)
-    assert dice > min_dice, f'{prediction.name}: whole-tumour Dice {dice:.3f} <= {min_dice} (all background: ' \
-                            f'{not pred.any()})'
+    import SimpleITK as sitk
+    from sklearn.metrics import roc_auc_score
+    whole_tumour = np.load(probabilities)['probabilities'][0]           # nnU-Net's (z, y, x) order, like SimpleITK
+    tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(reference))) > 0
+    assert whole_tumour.shape == tumour.shape, f'{probabilities.name}: {whole_tumour.shape} vs {tumour.shape}'
+    auc = roc_auc_score(tumour.ravel(), whole_tumour.ravel())
+    assert auc > min_auc, f'{probabilities.name}: whole-tumour ROC AUC {auc:.3f} <= {min_auc}'
 
 
 def copy_matching_weights(source: torch.nn.Module, destination: torch.nn.Module) -> set:

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from conftest import DATASET_ID, assert_overlaps_tumour, run
+from conftest import DATASET_ID, assert_ranks_tumour, run
 from nnunet_missingmod.env import EXT_TRAINER_DIR, ext_trainer_path
 
 
@@ -106,11 +106,11 @@ def test_modality_dropout_trains_logs_subsets_and_predicts_zero_filled_cases(nnu
     out = tmp_path / 'pred'
     run(['nnUNetv2_predict', '-i', str(images), '-o', str(out), '-d', str(DATASET_ID), '-c',
          nnunet_dataset.configuration, '-tr', 'nnUNetTrainerModalityDropout', '-f', '0', '-device', 'cpu',
-         '--disable_tta'], nnunet_dataset.env)
+         '--disable_tta', '--save_probabilities'], nnunet_dataset.env)
     seg = nib.load(out / f'{case}.nii.gz')
     assert seg.shape == flair.shape
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
-    assert_overlaps_tumour(out / f'{full}.nii.gz', nnunet_dataset.raw / 'labelsTr' / f'{full}.nii.gz')
+    assert_ranks_tumour(out / f'{full}.npz', nnunet_dataset.raw / 'labelsTr' / f'{full}.nii.gz')
 
 
 def test_continue_training_with_dash_dash_c(nnunet_dataset):
