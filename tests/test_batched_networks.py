@@ -30,8 +30,8 @@ def reference_fusion_forward(net, x, availability):
         bottleneck.append(full[-1])
     count = availability.sum(1).float().reshape(b, 1, 1, 1, 1)
     skips = [s / count for s in skip_sums]
-    fused, aux = net.fusion(torch.stack(bottleneck, 1), availability, x)
-    return net.decoder(skips + [fused]), aux
+    fused, losses = net.fusion(torch.stack(bottleneck, 1), availability, x)
+    return net.decoder(skips + [fused]), losses
 
 
 @pytest.mark.parametrize('fusion', sorted(FUSIONS))
@@ -45,16 +45,16 @@ def test_fusion_network_equals_per_modality_loops_on_all_15_masks(fusion, traini
         torch.manual_seed(7)
         net.fusion.rng = np.random.default_rng(7)
         with torch.no_grad():
-            seg, aux = net(xb, mb, return_aux=True)
+            seg, losses, extras = net(xb, mb, full_output=True)
         torch.manual_seed(7)
         net.fusion.rng = np.random.default_rng(7)
         with torch.no_grad():
-            ref_seg, ref_aux = reference_fusion_forward(net, xb, mb)
+            ref_seg, ref_losses = reference_fusion_forward(net, xb, mb)
         for a, r in zip(seg, ref_seg):
             torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
-        assert set(aux) == set(ref_aux)
-        for k in aux:
-            torch.testing.assert_close(aux[k], ref_aux[k], rtol=1e-4, atol=1e-6)
+        assert set(losses) == set(ref_losses) and extras == {}
+        for k in losses:
+            torch.testing.assert_close(losses[k], ref_losses[k], rtol=1e-4, atol=1e-6)
 
 
 def test_grouped_pass_equals_each_copy_on_its_channels():
@@ -121,13 +121,13 @@ def test_holder_mi_training_forward_equals_available_pairs_only_on_all_15_masks(
     x = torch.randn(len(masks), 4, *PATCH) * masks[:, :, None, None, None]
     for xb, mb in [(x, masks)] + [(x[i:i + 1], masks[i:i + 1]) for i in range(len(masks))]:
         with torch.no_grad():
-            seg, aux = net(xb, mb, return_aux=True)
+            seg, losses, extras = net(xb, mb, full_output=True)
             ref_seg, ref_subsets, ref_mi = reference_holder_mi_forward(net, xb, mb)
         for a, r in zip(seg, ref_seg):
             torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
-        for a, r in zip(aux['_subset_outputs'], ref_subsets):
-            torch.testing.assert_close(a[aux['_subset_weights'] > 0], r, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(aux['mi'], ref_mi, rtol=1e-4, atol=1e-6)
+        for a, r in zip(extras['subset_outputs'], ref_subsets):
+            torch.testing.assert_close(a[extras['subset_weights'] > 0], r, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(losses['mi'], ref_mi, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize('training', [False, True])
@@ -139,17 +139,17 @@ def test_ciml_equals_per_segmentor_encoders_on_all_15_masks(training, monkeypatc
     for xb, mb in [(x, masks)] + [(x[i:i + 1], masks[i:i + 1]) for i in range(len(masks))]:
         torch.manual_seed(3)
         with torch.no_grad():
-            seg, aux = net(xb, mb, return_aux=True)
+            seg, losses, extras = net(xb, mb, full_output=True)
         with monkeypatch.context() as patch:      # the former encoding: one call per segmentor
             patch.setattr(net, '_encode', lambda v: [s.encoder(v[:, m:m + 1]) for m, s in enumerate(net.segmentors)])
             torch.manual_seed(3)
             with torch.no_grad():
-                ref_seg, ref_aux = net(xb, mb, return_aux=True)
+                ref_seg, ref_losses, ref_extras = net(xb, mb, full_output=True)
         for a, r in zip(seg, ref_seg):
             torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
-        assert set(aux) == set(ref_aux)
+        assert set(losses) == set(ref_losses) and set(extras) == set(ref_extras)
         if training:
-            torch.testing.assert_close(aux['kl'], ref_aux['kl'], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(losses['kl'], ref_losses['kl'], rtol=1e-4, atol=1e-6)
 
 
 def former_subsets(availability):
@@ -179,11 +179,11 @@ def test_holder_mi_loss_terms_equal_the_former_loop_over_subsets(availability, t
     data = data * availability[:, :, None, None, None]
     with torch.no_grad():
         _, terms = trainer.forward_loss(data, target, availability)
-        seg, aux = trainer.network(data, availability, return_aux=True)
+        seg, losses, extras = trainer.network(data, availability, full_output=True)
     subsets = former_subsets(availability)
-    used = aux['_subset_weights'] > 0
-    assert torch.equal(aux['_subsets'][used], subsets)
-    outputs = [o[used] for o in aux['_subset_outputs']]
+    used = extras['subset_weights'] > 0
+    assert torch.equal(extras['subsets'][used], subsets)
+    outputs = [o[used] for o in extras['subset_outputs']]
     expected_seg = sum(trainer.loss([o[s] for o in outputs], target) for s in range(len(subsets))) / len(subsets)
     label = target[0]                         # regions: the divergence's label is the region target itself
     expected_hd = divergence_loss(outputs[0].float(), label[None].expand_as(outputs[0]), 'sigmoid', 'holder', 1.1,

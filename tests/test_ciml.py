@@ -12,7 +12,9 @@ import torch.multiprocessing as mp
 from conftest import free_port
 from nnunet_missingmod.modalities import all_subsets, subset_to_mask
 from nnunet_missingmod.losses.ciml import SegmentorRegionLoss
-from nnunet_missingmod.networks.ciml import BRATS_TASK_MAP, CIGModule, CIMLNetwork, check_task_map, resolve_task_map
+from nnunet_missingmod.networks.blocks import CIGModule
+from nnunet_missingmod.networks.ciml import BRATS_TASK_MAP, CIMLNetwork, check_task_map, resolve_task_map
+from nnunet_missingmod.networks.plans import PlansArchitecture
 from nnunet_missingmod.regions import region_names
 
 ARCH = 'dynamic_network_architectures.architectures.unet.PlainConvUNet'
@@ -31,10 +33,13 @@ BRATS_INDEX_MAP = [[1], [1, 2], [0, 1], [0]]
 PATCH = 8
 
 
+PLANS = PlansArchitecture(ARCH, ARCH_KWARGS, tuple(REQ))
+
+
 def make_network(fusion='attention_vi', deep_supervision=True, task_map=BRATS_INDEX_MAP, width=0.5, seed=0):
     torch.manual_seed(seed)
-    return CIMLNetwork.from_plans(ARCH, ARCH_KWARGS, REQ, 4, 3, task_map, width_factor=width, fusion=fusion,
-                                  deep_supervision=deep_supervision)
+    return CIMLNetwork.from_plans(PLANS, 4, 3, width_factor=width, deep_supervision=deep_supervision,
+                                  task_map=task_map, message_fusion=fusion)
 
 
 def all_subset_masks() -> torch.Tensor:
@@ -83,7 +88,7 @@ def test_network_kl_is_nats_per_sample_and_rescaled_per_output_element():
     net = make_network().train()
     x = torch.randn(3, 4, PATCH, PATCH, PATCH)
     availability = torch.tensor([[True, True, True, True], [True, False, True, False], [False, True, True, True]])
-    _, aux = net(x * availability[:, :, None, None, None], availability, return_aux=True)
+    _, losses, extras = net(x * availability[:, :, None, None, None], availability, full_output=True)
     nats, term = 0.0, 0.0
     for m, task in enumerate(BRATS_INDEX_MAP):
         others = [j for j in range(4) if j != m]
@@ -96,13 +101,13 @@ def test_network_kl_is_nats_per_sample_and_rescaled_per_output_element():
         kl_m = per_sample[receivers].mean()                                           # samples where m present
         nats += kl_m
         term += kl_m / (PATCH ** 3 * len(task))
-    assert aux['_kl_nats_per_sample'].item() == pytest.approx(float(nats), rel=1e-4)
-    assert aux['kl'].item() == pytest.approx(float(term), rel=1e-4)
-    assert aux['_kl_nats_per_sample'].item() > 100 * aux['kl'].item()
+    assert extras['kl_nats_per_sample'].item() == pytest.approx(float(nats), rel=1e-4)
+    assert losses['kl'].item() == pytest.approx(float(term), rel=1e-4)
+    assert extras['kl_nats_per_sample'].item() > 100 * losses['kl'].item()
     net.eval()
     with torch.no_grad():
-        _, aux = net(x, availability, return_aux=True)
-    assert 'kl' not in aux and '_kl_nats_per_sample' not in aux
+        _, losses, extras = net(x, availability, full_output=True)
+    assert 'kl' not in losses and 'kl_nats_per_sample' not in extras
 
 
 def test_missing_messages_have_zero_attention_and_contribution():
@@ -130,8 +135,8 @@ def test_output_independent_of_missing_modality_input(fusion):
     changed[0, 3] = 3.0
     changed[1, [0, 2, 3]] = torch.randn(3, PATCH, PATCH, PATCH)
     with torch.no_grad():
-        a, aux_a = net(x, availability, return_aux=True)
-        b, aux_b = net(changed, availability, return_aux=True)
+        a, losses_a, extras_a = net(x, availability, full_output=True)
+        b, losses_b, extras_b = net(changed, availability, full_output=True)
     for ya, yb in zip(a, b):
         assert torch.equal(ya, yb)
     # and the present modalities do matter
@@ -147,12 +152,12 @@ def test_every_region_predicted_under_all_subsets():
     masks = all_subset_masks()
     x = torch.randn(len(masks), 4, PATCH, PATCH, PATCH) * masks[:, :, None, None, None]
     with torch.no_grad():
-        seg, aux = net(x, masks, return_aux=True)
+        seg, losses, extras = net(x, masks, full_output=True)
     assert len(seg) == 2
     assert seg[0].shape == (15, 3, PATCH, PATCH, PATCH) and seg[1].shape == (15, 3, PATCH // 2, PATCH // 2,
                                                                             PATCH // 2)
     assert all(torch.isfinite(s).all() for s in seg)
-    weights = aux['_combination_weights']
+    weights = extras['combination_weights']
     assert torch.allclose(weights.sum(1), torch.ones(15, 3))
     assert torch.count_nonzero(weights * ~masks[:, :, None]) == 0       # missing segmentors never count
     primary = torch.tensor([[0, 1, 0], [0, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
@@ -162,7 +167,7 @@ def test_every_region_predicted_under_all_subsets():
             expected = owners if owners.any() else mask                 # fallback: all available segmentors
             assert torch.allclose(weights[b, :, r], expected.float() / expected.sum())
     # the fused output is the weighted average of the segmentor logits
-    outs = torch.stack([o[0] for o in aux['_segmentor_outputs']], 1)
+    outs = torch.stack([o[0] for o in extras['segmentor_outputs']], 1)
     assert torch.allclose(seg[0], (outs * weights[..., None, None, None]).sum(1), atol=1e-6)
     # T1 alone: WT from T1's fallback head, TC from T1's primary head
     t1_only = all_subsets(4).index((0,))
@@ -187,11 +192,11 @@ def test_training_mode_samples_and_every_parameter_gets_a_gradient():
     net = make_network().train()
     x = torch.randn(2, 4, PATCH, PATCH, PATCH)
     availability = torch.tensor([[True, False, False, False], [False, False, True, True]])
-    seg, aux = net(x * availability[:, :, None, None, None], availability, return_aux=True)
-    assert aux['kl'].ndim == 0 and aux['kl'].item() > 0
-    seg2, _ = net(x * availability[:, :, None, None, None], availability, return_aux=True)
+    seg, losses, extras = net(x * availability[:, :, None, None, None], availability, full_output=True)
+    assert losses['kl'].ndim == 0 and losses['kl'].item() > 0
+    seg2 = net(x * availability[:, :, None, None, None], availability)
     assert not torch.equal(seg[0], seg2[0])                              # reparameterised sampling
-    loss = sum(o.sum() for outs in aux['_segmentor_outputs'] for o in outs) + aux['kl']
+    loss = sum(o.sum() for outs in extras['segmentor_outputs'] for o in outs) + losses['kl']
     loss.backward()
     assert all(p.grad is not None for p in net.parameters())
 
@@ -236,7 +241,7 @@ def test_index_task_map_checks():
     with pytest.raises(ValueError, match='outside'):
         check_task_map([[0], [1], [2], [3]], 4, 3)
     with pytest.raises(ValueError, match='without a segmentor'):
-        CIMLNetwork.from_plans(ARCH, ARCH_KWARGS, REQ, 4, 3, [[0], [0], [1], []])
+        CIMLNetwork.from_plans(PLANS, 4, 3, task_map=[[0], [0], [1], []])
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -316,9 +321,9 @@ def _ddp_worker(rank: int, world: int, port: int, results):
             torch.manual_seed(10 * rank + step)
             x = torch.randn(2, 4, PATCH, PATCH, PATCH) * masks[:, :, None, None, None]
             net.zero_grad()
-            seg, aux = net(x, masks, return_aux=True)
+            seg, losses, extras = net(x, masks, full_output=True)
             # every deep-supervision level counts, as in nnU-Net's DDP loss (lowest weight 1e-6, not 0)
-            loss = sum(o.square().mean() for outs in aux['_segmentor_outputs'] for o in outs) + 0.5 * aux['kl']
+            loss = sum(o.square().mean() for outs in extras['segmentor_outputs'] for o in outs) + 0.5 * losses['kl']
             loss.backward()
         grads = torch.cat([p.grad.flatten() for p in net.parameters()])
         results[rank] = (all(p.grad is not None for p in net.parameters()), grads)
@@ -398,15 +403,15 @@ def test_build_network_architecture_reads_task_map_from_configuration():
     config = {'architecture': {'network_class_name': ARCH, 'arch_kwargs': ARCH_KWARGS, '_kw_requires_import': REQ},
               'patch_size': [PATCH] * 3, 'ciml_task_map': BRATS_INDEX_MAP}
     net = nnUNetTrainerCIML.build_network_architecture(None, ConfigurationManager(config), 4, 3, False)
-    assert isinstance(net, CIMLNetwork) and net.task_map == BRATS_INDEX_MAP and net.fusion == 'attention_vi'
+    assert isinstance(net, CIMLNetwork) and net.task_map == BRATS_INDEX_MAP and net.message_fusion == 'attention_vi'
     assert net.fallback is True
     paper = nnUNetTrainerCIML_paper.build_network_architecture(None, ConfigurationManager(config), 4, 3, False)
-    assert paper.fallback is False and paper.fusion == 'attention_vi'
+    assert paper.fallback is False and paper.message_fusion == 'attention_vi'
     assert net.segmentors[0].encoder.output_channels == [8, 8, 8]          # 0.25 x [8, 16, 32], floor 8
     assert nnUNetTrainerCIML_NoMessage.build_network_architecture(None, ConfigurationManager(config), 4, 3,
-                                                                  False).fusion == 'none'
+                                                                  False).message_fusion == 'none'
     assert nnUNetTrainerCIML_Message.build_network_architecture(None, ConfigurationManager(config), 4, 3,
-                                                                False).fusion == 'plain'
+                                                                False).message_fusion == 'plain'
     budget = nnUNetTrainerCIML_budget.build_network_architecture(None, ConfigurationManager(config), 4, 3, False)
     assert budget.segmentors[0].encoder.output_channels == scale_widths(ARCH_KWARGS['features_per_stage'], 0.1875)
     del config['ciml_task_map']

@@ -141,8 +141,8 @@ def test_terms_follow_the_one_rule_with_fallback_and_kl_weights(default):
     assert not terms['kl_per_sample'].requires_grad and terms['kl_per_sample'] > 100 * terms['kl']
     # each segmentor term is nnU-Net's loss of its sub-batch (T1ce is missing in sample 1)
     torch.manual_seed(0)                                                  # the same forward again
-    output, aux = trainer.network(data, availability, return_aux=True)
-    seg_t1ce = trainer.loss([o[:1, [1, 2]] for o in aux['_segmentor_outputs'][1]], [t[:1, [1, 2]] for t in target])
+    output, losses, extras = trainer.network(data, availability, full_output=True)
+    seg_t1ce = trainer.loss([o[:1, [1, 2]] for o in extras['segmentor_outputs'][1]], [t[:1, [1, 2]] for t in target])
     assert terms['seg_T1ce'].item() == pytest.approx(seg_t1ce.item(), rel=1e-5)
     shares = trainer.gradient_shares(terms)
     assert set(shares) == {'seg_T1', 'seg_T1ce', 'seg_T2', 'seg_FLAIR', 'fallback', 'kl'}
@@ -183,9 +183,9 @@ def test_default_trainer_keeps_fallback_heads_for_uncovered_regions(default):
     data, _, _ = batch()
     only = torch.tensor([[True, False, True, True]])
     with torch.no_grad():
-        seg, aux = net(data[:1] * only[:, :, None, None, None], only, return_aux=True)
+        seg, losses, extras = net(data[:1] * only[:, :, None, None, None], only, full_output=True)
     assert not torch.any(seg[0][0, 2] == ABSENT_LOGIT)
-    assert torch.allclose(aux['_combination_weights'][0, :, 2], torch.tensor([1 / 3, 0, 1 / 3, 1 / 3]))
+    assert torch.allclose(extras['combination_weights'][0, :, 2], torch.tensor([1 / 3, 0, 1 / 3, 1 / 3]))
     net.train()
 
 

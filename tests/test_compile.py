@@ -23,7 +23,7 @@ def test_training_forward_is_one_graph(name):
     x = torch.randn(2, 4, *((16,) * 3 if name == 'ciml' else (8,) * 3))
     mask = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 0]], dtype=torch.bool)
     dynamo.reset()
-    assert dynamo.explain(net)(x, mask, return_aux=True).graph_break_count == 0
+    assert dynamo.explain(net)(x, mask, full_output=True).graph_break_count == 0
     dynamo.reset()
 
 

@@ -12,7 +12,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from conftest import free_port
 from nnunet_missingmod.modalities import all_subsets, subset_to_mask
-from nnunet_missingmod.networks.fusion import AttentionFusion, ConcatFusion, SMSNFusion, _num_heads, masked_mean
+from nnunet_missingmod.networks.blocks import _num_heads
+from nnunet_missingmod.networks.fusion import AttentionFusion, ConcatFusion, SMSNFusion, masked_mean
 from nnunet_missingmod.networks.multi_encoder import MultiEncoderFusionUNet
 from nnunet_missingmod.networks.plans import resolve_arch_kwargs, scale_widths
 
@@ -163,13 +164,13 @@ def test_every_mask_gives_finite_outputs_of_the_right_shapes(fusion):
     net = build(fusion).train()
     x = torch.randn(len(masks_of(4)), 4, *PATCH)
     availability = torch.stack(masks_of(4))
-    seg, aux = net(x * availability[:, :, None, None, None], availability, return_aux=True)
+    seg, losses, extras = net(x * availability[:, :, None, None, None], availability, full_output=True)
     assert [tuple(s.shape) for s in seg] == [(15, 3, 8, 8, 8), (15, 3, 4, 4, 4)]
     assert all(torch.isfinite(s).all() for s in seg)
-    assert set(aux) == ({'kl', 'recon', 'orth'} if fusion == 'smsn' else set())
-    assert all(v.ndim == 0 and torch.isfinite(v) and v.item() >= 0 for v in aux.values())
+    assert set(losses) == ({'kl', 'recon', 'orth'} if fusion == 'smsn' else set())
+    assert all(v.ndim == 0 and torch.isfinite(v) and v.item() >= 0 for v in losses.values())
     for mask in masks_of(4):                            # each mask alone as the whole batch
-        seg, _ = net(x[:1] * mask[None, :, None, None, None], mask[None], return_aux=True)
+        seg = net(x[:1] * mask[None, :, None, None, None], mask[None])
         assert all(torch.isfinite(s).all() for s in seg) and seg[0].shape == (1, 3, 8, 8, 8)
 
 
@@ -190,18 +191,18 @@ def test_missing_modality_contributes_nothing(fusion):
 
 
 @pytest.mark.parametrize('fusion', sorted(FUSIONS))
-def test_eval_is_deterministic_and_returns_no_aux(fusion):
+def test_eval_is_deterministic_and_returns_no_losses(fusion):
     net = build(fusion).eval()
     net.set_deep_supervision_enabled(False)
     x = torch.randn(3, 4, *PATCH)
     availability = torch.tensor([[True, True, False, True], [False, True, False, False], [True] * 4])
     x = x * availability[:, :, None, None, None]
     with torch.no_grad():
-        first, aux = net(x, availability, return_aux=True)
+        first, losses, extras = net(x, availability, full_output=True)
         torch.manual_seed(123)
         second = net(x, availability)
     assert isinstance(first, torch.Tensor) and first.shape == (3, 3, 8, 8, 8)
-    assert aux == {}
+    assert losses == {} and extras == {}
     assert torch.equal(first, second)
 
 
@@ -223,8 +224,8 @@ def test_gradients_reach_only_the_parameters_that_should_get_them(fusion):
     net = build(fusion).train()
     availability = torch.tensor([[True, False, True, False], [True, False, False, False]])
     x = torch.randn(2, 4, *PATCH) * availability[:, :, None, None, None]
-    seg, aux = net(x, availability, return_aux=True)
-    (sum(s.square().mean() for s in seg) + sum(aux.values())).backward()
+    seg, losses, extras = net(x, availability, full_output=True)
+    (sum(s.square().mean() for s in seg) + sum(losses.values())).backward()
     assert all(p.grad is not None for p in net.parameters())
     assert _grad_norm(net.encoders[1]) == 0.0 and _grad_norm(net.encoders[3]) == 0.0
     assert _grad_norm(net.encoders[0]) > 0 and _grad_norm(net.encoders[2]) > 0
@@ -239,8 +240,8 @@ def test_smsn_reconstruction_gets_no_gradient_from_missing_targets():
     net = build('smsn', order_mode='fixed', use_specific=False, use_orthogonality=False).train()
     availability = torch.tensor([[True, True, False, False]] * 2)
     x = torch.randn(2, 4, *PATCH) * availability[:, :, None, None, None]
-    _, aux = net(x, availability, return_aux=True)
-    aux['recon'].backward()
+    _, losses, extras = net(x, availability, full_output=True)
+    losses['recon'].backward()
     assert _grad_norm(net.fusion.reconstruct2) == 0.0
     assert _grad_norm(net.fusion.reconstruct1) > 0
 
@@ -251,11 +252,11 @@ def test_smsn_ablation_switches():
     no_orth = build('smsn', use_orthogonality=False).train()
     x = torch.randn(1, 4, *PATCH)
     availability = torch.ones(1, 4, dtype=torch.bool)
-    assert set(no_recon(x, availability, return_aux=True)[1]) == {'kl', 'orth'}
+    assert set(no_recon(x, availability, full_output=True).losses) == {'kl', 'orth'}
     assert not hasattr(no_recon.fusion, 'reconstruct1')
-    assert set(no_specific(x, availability, return_aux=True)[1]) == {'kl', 'recon'}
+    assert set(no_specific(x, availability, full_output=True).losses) == {'kl', 'recon'}
     assert not hasattr(no_specific.fusion, 'specific')
-    assert set(no_orth(x, availability, return_aux=True)[1]) == {'kl', 'recon'}
+    assert set(no_orth(x, availability, full_output=True).losses) == {'kl', 'recon'}
     assert hasattr(no_orth.fusion, 'specific')
 
 
@@ -268,9 +269,9 @@ def test_smsn_starts_at_the_prior_with_sane_losses():
         assert torch.all(head[-1].weight == 0) and torch.all(head[-1].bias == 0)
     availability = torch.tensor([[True] * 4, [True, False, True, False]])
     x = torch.randn(2, 4, *PATCH) * availability[:, :, None, None, None]
-    _, aux = net(x, availability, return_aux=True)
-    assert aux['kl'].item() == 0.0
-    assert 0.1 < aux['recon'].item() < 10.0
+    _, losses, extras = net(x, availability, full_output=True)
+    assert losses['kl'].item() == 0.0
+    assert 0.1 < losses['recon'].item() < 10.0
 
 
 def _recon_fusion(m=4):
@@ -337,9 +338,9 @@ def test_smsn_generalises_to_m_modalities(m):
     assert (net.fusion.reconstruct2 is None) == (m == 2)
     availability = torch.stack(masks_of(m))
     x = torch.randn(len(availability), m, *PATCH) * availability[:, :, None, None, None]
-    seg, aux = net(x, availability, return_aux=True)
+    seg, losses, extras = net(x, availability, full_output=True)
     assert seg[0].shape == (len(availability), 3, 8, 8, 8)
-    assert all(torch.isfinite(v) for v in aux.values()) and set(aux) == {'kl', 'recon', 'orth'}
+    assert all(torch.isfinite(v) for v in losses.values()) and set(losses) == {'kl', 'recon', 'orth'}
 
 
 # ------------------------------------------------------------------ DDP
@@ -360,8 +361,8 @@ def _ddp_worker(rank, world_size, port, result_dir):
                 availability = torch.tensor(masks[(rank + step) % 2])
                 x = torch.randn(2, 4, *PATCH) * availability[:, :, None, None, None]
                 optimizer.zero_grad()
-                seg, aux = net(x, availability, return_aux=True)
-                (sum(s.square().mean() for s in seg) + sum(aux.values())).backward()
+                seg, losses, extras = net(x, availability, full_output=True)
+                (sum(s.square().mean() for s in seg) + sum(losses.values())).backward()
                 optimizer.step()
             sums[fusion] = sum(float(p.detach().double().sum()) for p in net.parameters())
         torch.save(sums, os.path.join(result_dir, f'rank{rank}.pt'))

@@ -24,7 +24,7 @@ def configuration(features=(4, 8, 16)) -> ConfigurationManager:
 
 def network(deep_supervision=True, **kwargs) -> SharedBackboneNetwork:
     torch.manual_seed(0)
-    return SharedBackboneNetwork.from_plans(configuration(), M, 3, deep_supervision, **kwargs)
+    return SharedBackboneNetwork.from_plans(configuration(), M, 3, deep_supervision=deep_supervision, **kwargs)
 
 
 def masks(*rows):
@@ -33,14 +33,14 @@ def masks(*rows):
 
 # --------------------------------------------------------------------------- network
 def test_widths_and_mi_levels_from_plans():
-    net = SharedBackboneNetwork.from_plans(configuration((16, 32, 64)), M, 3, True, width_factor=0.25,
-                                           mi_num_levels=2, mi_gamma0=0.1)
+    net = SharedBackboneNetwork.from_plans(configuration((16, 32, 64)), M, 3, width_factor=0.25,
+                                           deep_supervision=True, mi_num_levels=2, mi_gamma0=0.1)
     # 16 * 0.25 = 4 is raised to the floor min(16, 8) = 8; 32 * 0.25 = 8; 64 * 0.25 = 16
     assert [s[0].convs[0].conv.out_channels for s in net.backbone.encoder.stages] == [8, 8, 16]
     assert net.channel_encoders[0].groups == M and net.channel_encoders[0].out_channels == M * 8
     assert net.mi_stages == (1, 2)
     assert net.mi.gammas == pytest.approx((0.1, 0.2))  # gamma_k = gamma0 * k, k = 1..K over the used levels
-    assert SharedBackboneNetwork.from_plans(configuration(), M, 3, True, mi_num_levels=0).mi is None
+    assert SharedBackboneNetwork.from_plans(configuration(), M, 3, deep_supervision=True, mi_num_levels=0).mi is None
 
 
 def test_combine_pairs_is_mean_over_subset_members():
@@ -91,13 +91,13 @@ def test_finite_outputs_and_losses_under_all_15_masks():
     x = torch.randn(1, M, 8, 8, 8)
     for subset in all_subsets(M):
         availability = torch.from_numpy(subset_to_mask(subset, M))[None]
-        seg, aux = net(x, availability, return_aux=True)
+        seg, losses, extras = net(x, availability, full_output=True)
         assert len(seg) == 2 and seg[0].shape == (1, 3, 8, 8, 8) and seg[1].shape == (1, 3, 4, 4, 4)
         assert all(torch.isfinite(s).all() for s in seg)
-        assert aux['_subset_outputs'][0].shape == (15, 1, 3, 8, 8, 8)    # every code; the unused ones weigh 0
-        assert aux['_subset_weights'].sum() == 2 ** len(subset) - 1
-        assert all(torch.isfinite(o).all() for o in aux['_subset_outputs'])
-        assert torch.isfinite(aux['mi']) and float(aux['mi'].detach()) != 0.0
+        assert extras['subset_outputs'][0].shape == (15, 1, 3, 8, 8, 8)    # every code; the unused ones weigh 0
+        assert extras['subset_weights'].sum() == 2 ** len(subset) - 1
+        assert all(torch.isfinite(o).all() for o in extras['subset_outputs'])
+        assert torch.isfinite(losses['mi']) and float(losses['mi'].detach()) != 0.0
 
 
 def test_training_subsets_enumerate_or_draw_within_availability():
@@ -165,10 +165,11 @@ def test_total_loss_is_eq_7_over_all_subsets(cls, tmp_path):
     availability = masks([1, 1, 1, 1], [1, 1, 1, 1])
     target = [(torch.rand(2, 3, 16 // 2 ** i, 16 // 2 ** i, 16 // 2 ** i) > 0.6).float() for i in range(3)]
     trainer.network.train()
-    seg, aux = trainer.network(x, availability, return_aux=True)
-    total, terms = trainer.compute_loss(seg, aux, target, availability)
+    output = trainer.network(x, availability, full_output=True)
+    seg, losses, extras = output
+    total, terms = trainer.compute_loss(output, target, availability)
     values = {k: float(v.detach()) for k, v in terms.items()}
-    outs = [o.detach().double().numpy() for o in aux['_subset_outputs']]
+    outs = [o.detach().double().numpy() for o in extras['subset_outputs']]
     labels = [t.double().numpy() for t in target]
     weights = (2 / 3, 1 / 3, 0.0)
     dice = np.mean([sum(w * numpy_soft_dice(o[s], y) for w, o, y in zip(weights, outs, labels)) for s in range(15)])
@@ -204,7 +205,8 @@ def test_modality_specific_norm_has_one_affine_per_modality(tmp_path):
         after = {i: net(x, torch.from_numpy(subset_to_mask([i], M))[None]) for i in range(M)}
     assert all(torch.equal(before[i], after[i]) for i in (0, 1, 3))
     assert not torch.allclose(before[2], after[2])
-    shared = SharedBackboneNetwork.from_plans(configuration(), M, 3, False, modality_specific_norm=False)
+    shared = SharedBackboneNetwork.from_plans(configuration(), M, 3, deep_supervision=False,
+                                              modality_specific_norm=False)
     assert shared.modality_affines == []
 
 
@@ -228,15 +230,16 @@ def _ddp_worker(rank: int, world: int, port: int, results):
     torch.set_num_threads(1)
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world)
     try:
-        net = DDP(SharedBackboneNetwork.from_plans(configuration((2, 4)), M, 3, True, subsets_per_step=2, seed=rank),
+        net = DDP(SharedBackboneNetwork.from_plans(configuration((2, 4)), M, 3, deep_supervision=True,
+                                                   subsets_per_step=2, seed=rank),
                   find_unused_parameters=False)
         net.train()
         optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
         per_rank = [masks([1, 0, 0, 0], [0, 1, 0, 0]), masks([0, 0, 1, 1], [1, 1, 1, 1])]
         for step in range(2):  # an unused parameter would only fail at the second step
             availability = per_rank[(rank + step) % 2]
-            seg, aux = net(torch.randn(2, M, 4, 4, 4), availability, return_aux=True)
-            loss = sum(o.float().pow(2).mean() for o in aux['_subset_outputs']) + aux['mi']
+            seg, losses, extras = net(torch.randn(2, M, 4, 4, 4), availability, full_output=True)
+            loss = sum(o.float().pow(2).mean() for o in extras['subset_outputs']) + losses['mi']
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -90,5 +90,5 @@ def test_budget_variant_is_narrow_and_draws_two_subsets(tmp_path):
     assert budget.network.common_channels == default.network.common_channels // 4
     data, target, availability = batch()
     budget.network.train()
-    _, aux = budget.network(data, availability, return_aux=True)
-    assert aux['_subset_outputs'][0].shape[0] == 2
+    _, losses, extras = budget.network(data, availability, full_output=True)
+    assert extras['subset_outputs'][0].shape[0] == 2

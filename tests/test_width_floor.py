@@ -49,7 +49,7 @@ def build(trainer_name: str):
 ])
 def test_no_stage_narrower_than_the_floor(trainer_name, factor, expected):
     cls, net = build(trainer_name)
-    assert getattr(cls, 'ciml_width_factor', getattr(cls, 'width_factor', None)) == factor
+    assert cls.width_factor == factor
     for widths in encoder_widths(net):
         assert len(widths) == len(PLANS_WIDTHS)
         assert all(w >= min(p, FLOOR) for w, p in zip(widths, PLANS_WIDTHS)), (trainer_name, widths)

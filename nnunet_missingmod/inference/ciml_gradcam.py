@@ -47,10 +47,11 @@ def complementary_information(network: CIMLNetwork, x: torch.Tensor, availabilit
         raise ValueError("complementary_information analyses one sample at a time")
     network.eval()
     with torch.enable_grad():
-        seg, aux = network(x, availability, return_aux=True)
+        output = network(x, availability, full_output=True)
+        seg = output.segmentation
         final = seg[0] if isinstance(seg, list) else seg
         predicted = torch.sigmoid(final.detach()) > 0.5
-        outputs = aux['_segmentor_outputs']
+        outputs = output.extras['segmentor_outputs']
         pairs = []
         for m, task in enumerate(network.task_map):
             if not bool(availability[0, m]):

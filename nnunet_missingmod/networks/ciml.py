@@ -34,8 +34,8 @@ Architecture
 
 * **KL** (Eq. 10): ``L_KL = 1/N sum_i KL[p(kappa_2 | x^i) || N(0, I)]`` is the KL of the *whole* complementary
   representation of a sample: summed over messages, channels and voxels of every gate of a segmentor, averaged
-  over the samples in which that segmentor is present -- **nats per sample**, returned as
-  ``aux['_kl_nats_per_sample']`` (summed over segmentors). The loss term ``aux['kl']`` divides each segmentor's
+  over the samples in which that segmentor is present -- **nats per sample**, returned as the extra
+  ``'kl_nats_per_sample'`` (summed over segmentors). The loss ``'kl'`` divides each segmentor's
   nats per sample by the number of output elements its cross-entropy averages over (patch voxels x its task's
   regions; all regions for an empty task). Reason: Eq. 7 is ``1/N sum_i [CE_i + beta KL_i]`` with ``CE_i`` the
   log-likelihood of the whole mask, whereas the implementation (Sec. 4.2) uses nnU-Net's Dice + cross-entropy,
@@ -72,23 +72,20 @@ Missing modalities (our extension of the paper)
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 import torch
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from torch import nn
 
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-from nnunet_missingmod.losses.information_bottleneck import gaussian_kl_standard_normal
 from nnunet_missingmod.modalities import modality_index, modality_names
 from nnunet_missingmod.networks.base import MissingModalityNetwork
+from nnunet_missingmod.networks.blocks import MESSAGE_FUSIONS, CIGModule, GatedUNetDecoder
 from nnunet_missingmod.networks.grouped import grouped_forward
-from nnunet_missingmod.networks.plans import scale_widths
+from nnunet_missingmod.networks.outputs import NetworkOutput
+from nnunet_missingmod.networks.plans import PlansArchitecture
 from nnunet_missingmod.regions import region_index, region_names
-
-#: message fusion variants of the paper's Table 5
-FUSIONS = ('none', 'plain', 'attention', 'vi', 'attention_vi')
 
 #: the paper's default BraTS task decomposition (Sec. 4.1.1, last row of Table 6)
 BRATS_TASK_MAP = {'FLAIR': ('WT',), 'T1': ('TC',), 'T2': ('WT', 'TC'), 'T1ce': ('TC', 'ET')}
@@ -142,134 +139,62 @@ def check_task_map(task_map, num_modalities: int, num_regions: int) -> List[List
     return task_map
 
 
-# ----------------------------------------------------------------------------------------------- CIG
-class CIGModule(nn.Module):
-    """Cross-modality information gate of one decoder stage of one segmentor (Fig. 8, Table 1).
-
-    ``fusion`` selects the Table 5 variant: ``'plain'`` (+Message: concatenated messages -> conv + norm + sigmoid),
-    ``'attention'`` (+Attention, no VI), ``'vi'`` (+VI, attention maps replaced by the availability mask) and
-    ``'attention_vi'`` (full CIG). ``forward`` returns the gated feature; after a call, :attr:`last` holds the
-    tensors of that call (attention maps, per-message complementary representations, mu/log-variance).
-    """
-
-    def __init__(self, channels: int, num_messages: int, conv_op, kernel_size, norm_op, norm_op_kwargs,
-                 nonlin, nonlin_kwargs, fusion: str = 'attention_vi'):
-        super().__init__()
-        if fusion not in FUSIONS[1:]:
-            raise ValueError(f"unknown CIG fusion {fusion!r}; choose one of {FUSIONS[1:]}")
-        if num_messages < 1:
-            raise ValueError("a CIG module needs at least one message")
-        self.fusion = fusion
-        self.channels = channels
-        self.num_messages = num_messages
-        self.use_attention = fusion in ('attention', 'attention_vi')
-        self.use_vi = fusion in ('vi', 'attention_vi')
-        padding = [(k - 1) // 2 for k in kernel_size]
-        norm_op_kwargs = norm_op_kwargs or {}
-        nonlin_kwargs = nonlin_kwargs or {}
-        k = num_messages
-        if fusion == 'plain':
-            self.plain = nn.Sequential(conv_op(k * channels, channels, kernel_size, 1, padding, bias=True),
-                                       norm_op(channels, **norm_op_kwargs), nn.Sigmoid())
-        if self.use_attention:
-            self.attention = nn.Sequential(
-                conv_op(2 * (k + 1), 4 * (k + 1), kernel_size, 1, padding, bias=True),
-                norm_op(4 * (k + 1), **norm_op_kwargs), nonlin(**nonlin_kwargs),
-                conv_op(4 * (k + 1), k, 1, 1, 0, bias=True), norm_op(k, **norm_op_kwargs), nn.Sigmoid())
-        if self.use_vi:
-            # one (mu, log-variance) 1x1 conv pair per message, run as a single grouped conv
-            self.mu_logvar = conv_op(k * channels, 2 * k * channels, 1, 1, 0, groups=k, bias=True)
-        if fusion != 'plain':
-            self.align = conv_op(channels, channels, 1, 1, 0, bias=False)
-        self.last: Dict[str, object] = {}
-
-    @staticmethod
-    def _pool(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat((t.mean(1, keepdim=True), t.amax(1, keepdim=True)), 1)
-
-    def forward(self, local: torch.Tensor, messages: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        """``local`` (B, C, ...); ``messages`` K tensors (B, C, ...); ``mask`` (B, K) float, 1 = message present."""
-        shape = (mask.shape[0], mask.shape[1]) + (1,) * (local.ndim - 2)
-        mask_b = mask.reshape(shape).to(local.dtype)
-        stacked = torch.stack(tuple(messages), 1) * mask_b.unsqueeze(2)       # (B, K, C, ...), missing -> 0
-        self.last = {}
-        if self.fusion == 'plain':
-            return local + self.plain(stacked.flatten(1, 2))
-        if self.use_attention:
-            pooled = torch.cat([self._pool(local)] + [self._pool(stacked[:, j]) for j in range(self.num_messages)], 1)
-            attention = self.attention(pooled) * mask_b                       # (B, K, ...)
-        else:
-            attention = mask_b.expand(-1, -1, *local.shape[2:])
-        self.last['attention'] = attention
-        weighted = stacked * attention.unsqueeze(2)
-        if self.use_vi:
-            stats = self.mu_logvar(weighted.flatten(1, 2)).unflatten(1, (self.num_messages, 2, self.channels))
-            mu, logvar = stats[:, :, 0], stats[:, :, 1]
-            if self.training:
-                z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-            else:
-                z = mu
-            z = z * mask_b.unsqueeze(2)
-            self.last.update(mu=mu, logvar=logvar)
-        else:
-            z = weighted
-        representations = z.unbind(1)
-        self.last['representations'] = representations
-        return local + self.align(sum(representations))
-
-    def kl_per_sample(self, mask: torch.Tensor) -> torch.Tensor:
-        """(B,) KL of this gate's complementary representations to N(0, I) in nats: summed over the present
-        messages (``mask`` (B, K)), channels and voxels; float32. A sample without a present message gives 0."""
-        kl = gaussian_kl_standard_normal(self.last['mu'], self.last['logvar'], reduction='none').flatten(2).sum(-1)
-        return (kl * mask.to(kl.dtype)).sum(1)                                # (B, K) -> (B,)
-
-
 # ----------------------------------------------------------------------------------------------- network
 class CIMLNetwork(MissingModalityNetwork):
     """One plans-built U-Net segmentor per modality, CIG message passing, per-region averaging (module docstring).
 
-    ``forward(x, availability, return_aux=True)`` returns ``(seg, aux)`` with ``seg`` the fused region logits (a
-    deep-supervision list when enabled) and ``aux``:
+    ``forward(x, availability, full_output=True)`` returns a
+    :class:`~nnunet_missingmod.networks.outputs.NetworkOutput` with ``segmentation`` the fused region logits (a
+    deep-supervision list when enabled), ``losses``:
 
     * ``'kl'`` (training, VI variants): sum over segmentors of each segmentor's KL in nats per sample (all its
       gates, messages, channels and voxels; mean over the samples where it is present) divided by the number of
       output elements its cross-entropy averages over (patch voxels x task regions) -- module docstring, *KL*;
-    * ``'_kl_nats_per_sample'`` (with ``'kl'``): the same sum without that division, nats per sample (Eq. 10);
-    * ``'_segmentor_outputs'``: per segmentor, the list of its all-region logits (highest resolution first);
-    * ``'_combination_weights'``: (B, M, R) weights used for the fused output (all zero for a region without an
+
+    and ``extras``:
+
+    * ``'kl_nats_per_sample'`` (with ``'kl'``): the same sum without that division, nats per sample (Eq. 10);
+    * ``'segmentor_outputs'``: per segmentor, the list of its all-region logits (highest resolution first);
+    * ``'combination_weights'``: (B, M, R) weights used for the fused output (all zero for a region without an
       available segmentor when ``fallback`` is False: that region's fused logit is :data:`ABSENT_LOGIT`).
+
+    Each segmentor's decoder is a :class:`~nnunet_missingmod.networks.blocks.GatedUNetDecoder` (the plans'
+    ``UNetDecoder`` with its layers as built); the gates (:class:`~nnunet_missingmod.networks.blocks.CIGModule`)
+    are :attr:`cigs`, ``cigs[m][s]`` the gate of segmentor ``m`` before its decoder stage ``s``.
+    ``message_fusion`` is the Table 5 variant (:data:`~nnunet_missingmod.networks.blocks.MESSAGE_FUSIONS`).
     """
 
     def __init__(self, segmentors: Sequence[nn.Module], task_map: Sequence[Sequence[int]], num_regions: int,
-                 fusion: str = 'attention_vi', fallback: bool = True):
+                 message_fusion: str = 'attention_vi', fallback: bool = True):
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"unknown CIML fusion {fusion!r}; choose one of {FUSIONS}")
+        if message_fusion not in MESSAGE_FUSIONS:
+            raise ValueError(f"unknown CIML message fusion {message_fusion!r}; choose one of {MESSAGE_FUSIONS}")
         num_modalities = len(segmentors)
         self.task_map = check_task_map(task_map, num_modalities, num_regions)
         self.num_modalities = num_modalities
         self.num_regions = num_regions
-        self.fusion = fusion
+        self.message_fusion = message_fusion
         self.fallback = bool(fallback)
         for s in segmentors:
-            if not all(hasattr(s, a) for a in ('encoder', 'decoder')) or \
-                    not all(hasattr(s.decoder, a) for a in ('stages', 'transpconvs', 'seg_layers')):
+            if not hasattr(s, 'encoder') or not isinstance(getattr(s, 'decoder', None), UNetDecoder):
                 raise ValueError(f"{type(s).__name__} is not an encoder/UNetDecoder network; CIML needs the "
                                  f"dynamic_network_architectures U-Net layout")
+            if not isinstance(s.decoder, GatedUNetDecoder):
+                s.decoder = GatedUNetDecoder(s.decoder)
         self.segmentors = nn.ModuleList(segmentors)
         primary = torch.zeros(num_modalities, num_regions)
         for m, task in enumerate(self.task_map):
             primary[m, task] = 1.0
         self.register_buffer('primary', primary, persistent=False)
         self.cigs = nn.ModuleList()
-        if fusion != 'none' and num_modalities > 1:
+        if message_fusion != 'none' and num_modalities > 1:
             for seg in self.segmentors:
                 enc = seg.encoder
                 n_dec = len(seg.decoder.stages)
                 self.cigs.append(nn.ModuleList(
                     CIGModule(enc.output_channels[-(s + 1)], num_modalities - 1, enc.conv_op,
                               enc.kernel_sizes[-(s + 1)], enc.norm_op, enc.norm_op_kwargs, enc.nonlin,
-                              enc.nonlin_kwargs, fusion) for s in range(n_dec)))
+                              enc.nonlin_kwargs, message_fusion) for s in range(n_dec)))
 
     @property
     def deep_supervision(self) -> bool:
@@ -294,25 +219,19 @@ class CIMLNetwork(MissingModalityNetwork):
         return [[level[:, m] for level in levels] for m in range(self.num_modalities)]
 
     def _decode(self, m: int, skips: List[List[torch.Tensor]], avail: torch.Tensor) -> List[torch.Tensor]:
-        seg = self.segmentors[m]
-        dec = seg.decoder
-        others = [j for j in range(self.num_modalities) if j != m]
-        mask = avail[:, others]
-        lres = skips[m][-1]
-        outputs = []
-        n_dec = len(dec.stages)
-        for s in range(n_dec):
-            if len(self.cigs):
-                lres = self.cigs[m][s](lres, [skips[j][-(s + 1)] for j in others], mask)
-            x = dec.transpconvs[s](lres)
-            x = torch.cat((x, skips[m][-(s + 2)]), 1)
-            x = dec.stages[s](x)
-            if dec.deep_supervision or s == n_dec - 1:
-                outputs.append(dec.seg_layers[s](x))
-            lres = x
-        return outputs[::-1]
+        """Segmentor ``m``'s decoder on its own skips, its gate ``s`` receiving the other segmentors' encoder
+        features of that stage's input scale as messages; all its logits, highest resolution first."""
+        gate = None
+        if len(self.cigs):
+            others = [j for j in range(self.num_modalities) if j != m]
+            cigs, mask = self.cigs[m], avail[:, others]
 
-    def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor):
+            def gate(s: int, local: torch.Tensor) -> torch.Tensor:
+                return cigs[s](local, [skips[j][-(s + 1)] for j in others], mask)
+        out = self.segmentors[m].decoder(skips[m], gate)
+        return out if isinstance(out, list) else [out]
+
+    def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor) -> NetworkOutput:
         avail = availability.to(x.dtype)
         skips = self._encode(x)
         per_segmentor = [self._decode(m, skips, avail) for m in range(self.num_modalities)]
@@ -323,11 +242,11 @@ class CIMLNetwork(MissingModalityNetwork):
             w = weights.reshape(weights.shape + (1,) * (x.ndim - 2))
             stacked = torch.stack([out[level] for out in per_segmentor], 1)    # (B, M, R, ...)
             fused.append((stacked * w).sum(1) + absent.reshape(absent.shape + (1,) * (x.ndim - 2)))
-        aux = {'_segmentor_outputs': per_segmentor, '_combination_weights': weights}
-        if self.training and self.fusion in ('vi', 'attention_vi') and len(self.cigs):
-            aux['kl'], aux['_kl_nats_per_sample'] = self._kl(avail, x.shape[2:].numel())
+        losses, extras = {}, {'segmentor_outputs': per_segmentor, 'combination_weights': weights}
+        if self.training and self.message_fusion in ('vi', 'attention_vi') and len(self.cigs):
+            losses['kl'], extras['kl_nats_per_sample'] = self._kl(avail, x.shape[2:].numel())
         seg = fused if self.deep_supervision else fused[0]
-        return seg, aux
+        return NetworkOutput(seg, losses, extras)
 
     def _kl(self, avail: torch.Tensor, num_voxels: int):
         """(loss term, nats per sample) of the last forward's gates, summed over segmentors (module docstring)."""
@@ -344,19 +263,13 @@ class CIMLNetwork(MissingModalityNetwork):
 
     # ------------------------------------------------------------------------------- construction
     @classmethod
-    def from_plans(cls, arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import: Sequence[str],
-                   num_input_channels: int, num_output_channels: int, task_map: Sequence[Sequence[int]],
-                   width_factor: float = 0.25, fusion: str = 'attention_vi',
-                   deep_supervision: bool = True, fallback: bool = True) -> 'CIMLNetwork':
-        """Build the segmentors with the plans' U-Net class and kwargs (widths scaled), one input channel each."""
-        kwargs = dict(arch_kwargs)
-        kwargs['features_per_stage'] = scale_widths(kwargs['features_per_stage'], width_factor)
-        if 'bottleneck_channels' in kwargs and kwargs['bottleneck_channels'] is not None:
-            kwargs['bottleneck_channels'] = scale_widths(kwargs['bottleneck_channels'], width_factor)
-        if 'stem_channels' in kwargs and kwargs['stem_channels'] is not None:
-            kwargs['stem_channels'] = scale_widths([kwargs['stem_channels']], width_factor)[0]
-        segmentors = [get_network_from_plans(arch_class_name, kwargs, arch_kwargs_req_import, 1,
-                                             num_output_channels, allow_init=True,
-                                             deep_supervision=deep_supervision)
-                      for _ in range(num_input_channels)]
-        return cls(segmentors, task_map, num_output_channels, fusion, fallback)
+    def build_from_architecture(cls, architecture: PlansArchitecture, num_input_channels: int,
+                                num_output_channels: int, *, width_factor: float, deep_supervision: bool,
+                                task_map: Sequence[Sequence[int]], message_fusion: str = 'attention_vi',
+                                fallback: bool = True) -> 'CIMLNetwork':
+        """``from_plans(configuration_manager, M, R, width_factor=..., deep_supervision=..., task_map=...,
+        message_fusion=..., fallback=...)``: one segmentor per modality (one input channel each), the plans' U-Net
+        with its widths scaled, built by nnU-Net's ``get_network_from_plans``."""
+        scaled = architecture.scaled(width_factor)
+        segmentors = [scaled.build(1, num_output_channels, deep_supervision) for _ in range(num_input_channels)]
+        return cls(segmentors, task_map, num_output_channels, message_fusion, fallback)

@@ -2,7 +2,7 @@
 
 Every fusion module is built as ``fusion(num_modalities, channels, block_kwargs, kernel_size, strides=...)``
 (``strides``: the plans' per-stage strides, from the input patch down to the bottleneck) and called as
-``fused, aux = fusion(features, availability, image)`` with
+``fused, losses = fusion(features, availability, image)`` with
 
 * ``features``: ``(B, M, C, *spatial)`` bottleneck features of the ``M`` modality encoders, in channel order;
   entries of missing modalities are zero (their encoder outputs are multiplied by the mask) and are excluded by
@@ -13,15 +13,16 @@ Every fusion module is built as ``fusion(num_modalities, channels, block_kwargs,
   :class:`ConcatFusion` and :class:`AttentionFusion` ignore it (and ``strides``). *Protocol change*: fusions used
   to be called as ``fusion(features, availability)``; that call still works for fusions that do not need the
   image (SMSN without reconstruction, or any fusion in eval mode);
-* ``fused``: ``(B, C, *spatial)`` for the shared decoder; ``aux``: unweighted auxiliary losses in training mode,
-  ``{}`` in eval mode.
+* ``fused``: ``(B, C, *spatial)`` for the shared decoder; ``losses``: unweighted auxiliary losses (scalars) in
+  training mode, ``{}`` in eval mode; the network returns them as its ``NetworkOutput.losses``.
 
 Every parameter takes part in every forward pass whatever the mask (missing entries are removed with masks and
 ``torch.where``, not by skipping modules), so DDP with ``find_unused_parameters=False`` works.
 
 * :class:`ConcatFusion` -- parallel fusion by masked concatenation + convolution (mmFormer-style baseline).
 * :class:`AttentionFusion` -- parallel fusion by a transformer over all modality tokens, missing modalities
-  removed from attention by ``key_padding_mask`` (mmFormer's inter-modal transformer).
+  removed from attention by ``key_padding_mask`` (mmFormer's inter-modal transformer,
+  :class:`~nnunet_missingmod.networks.blocks.ModalityTransformer`, which SMSN's specific module shares).
 * :class:`SMSNFusion` -- the sequential information-bottleneck fusion of SMSN (T. Liu, X. Yang, W. Wang,
   A. Nguyen, H. Jiang, K. Huang, "Sequential Information Bottleneck Fusion: Towards Robust and Generalizable
   Multi-Modal Brain Tumor Segmentation"; "the paper" below), see its docstring.
@@ -38,8 +39,10 @@ from torch import nn
 
 from nnunet_missingmod.losses.information_bottleneck import gaussian_kl_standard_normal, \
     masked_reconstruction_loss, orthogonality_loss
+from nnunet_missingmod.networks.blocks import ModalityTransformer
 
-Aux = Dict[str, torch.Tensor]
+#: unweighted auxiliary losses of a fusion module (the network's ``NetworkOutput.losses``)
+Losses = Dict[str, torch.Tensor]
 
 
 def _spatial_view(mask: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -52,43 +55,6 @@ def masked_mean(features: torch.Tensor, availability: torch.Tensor) -> torch.Ten
     weights = _spatial_view(availability, features.ndim).to(features.dtype)
     count = availability.sum(1).clamp_min(1).to(features.dtype)
     return (features * weights).sum(1) / _spatial_view(count, features.ndim - 1)
-
-
-def _num_heads(channels: int, requested: int, min_head_dim: int = 16) -> int:
-    """The largest head count ``<= requested`` that divides ``channels`` with heads at least ``min_head_dim`` wide
-    (narrow bottlenecks of small configurations get fewer heads rather than 1-channel heads)."""
-    floor = min(min_head_dim, channels)
-    return max(h for h in range(1, min(requested, channels) + 1) if channels % h == 0 and channels // h >= floor)
-
-
-class ModalityTransformer(nn.Module):
-    """Pre-norm transformer over the voxels of ``T`` feature maps, with padded maps masked out of attention.
-
-    Input ``(B, T, C, *spatial)``; every voxel of every map is one token of width ``C``. A depth-wise convolution
-    (shared by all maps) adds a position encoding that does not depend on the patch size, a learned embedding per
-    map tells the maps (modalities) apart. ``pad`` ``(B, T)`` bool marks maps that must not be attended to.
-    """
-
-    def __init__(self, num_maps: int, channels: int, conv_op: Type[nn.Module], num_heads: int = 8, depth: int = 1,
-                 mlp_ratio: float = 2.0):
-        super().__init__()
-        self.position = conv_op(channels, channels, 3, padding=1, groups=channels)
-        self.embedding = nn.Parameter(torch.zeros(num_maps, channels))
-        nn.init.trunc_normal_(self.embedding, std=0.02)
-        layer = nn.TransformerEncoderLayer(channels, _num_heads(channels, num_heads), int(mlp_ratio * channels),
-                                           dropout=0.0, activation='gelu', batch_first=True, norm_first=True)
-        self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
-
-    def forward(self, maps: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        b, t, c = maps.shape[:3]
-        spatial = maps.shape[3:]
-        flat = maps.reshape(b * t, c, *spatial)
-        flat = flat + self.position(flat)
-        tokens = flat.reshape(b, t, c, -1).transpose(2, 3) + self.embedding[None, :, None, :].to(flat.dtype)
-        n = tokens.shape[2]
-        key_padding_mask = pad[:, :, None].expand(b, t, n).reshape(b, t * n)
-        out = self.transformer(tokens.reshape(b, t * n, c), src_key_padding_mask=key_padding_mask)
-        return out.reshape(b, t, n, c).transpose(2, 3).reshape(b, t, c, *spatial)
 
 
 class ConcatFusion(nn.Module):
@@ -106,7 +72,7 @@ class ConcatFusion(nn.Module):
                                          kernel_size=kernel_size, stride=1, **block_kwargs)
 
     def forward(self, features: torch.Tensor, availability: torch.Tensor, image: torch.Tensor | None = None
-                ) -> Tuple[torch.Tensor, Aux]:
+                ) -> Tuple[torch.Tensor, Losses]:
         b, m = availability.shape
         scale = availability.to(features.dtype) * (m / availability.sum(1, keepdim=True).to(features.dtype))
         stacked = features * _spatial_view(scale, features.ndim)
@@ -127,7 +93,7 @@ class AttentionFusion(nn.Module):
                                                mlp_ratio)
 
     def forward(self, features: torch.Tensor, availability: torch.Tensor, image: torch.Tensor | None = None
-                ) -> Tuple[torch.Tensor, Aux]:
+                ) -> Tuple[torch.Tensor, Losses]:
         return masked_mean(self.transformer(features, ~availability), availability), {}
 
 
@@ -208,10 +174,10 @@ class SMSNFusion(nn.Module):
        that ``mu = 0, logvar = 0`` (the prior) at initialisation. (He-initialised, stage I's log-variances
        reached 6 on a random batch, so ``z_1`` samples reached ~30, which drove stage II's log-variances to 19:
        ``KL ~ 7e10`` nats/sample.) ``z`` is
-       reparameterised in training and the mean is used in eval mode. ``L_e`` (aux ``'kl'``, Eq. 5) is the sum
+       reparameterised in training and the mean is used in eval mode. ``L_e`` (loss ``'kl'``, Eq. 5) is the sum
        over the two stages of the KL to ``N(0, I)`` in **nats per sample** (summed over all latent dimensions
        -- channels x voxels -- averaged over the batch, float32), the variational-IB reduction.
-    3. **Reconstruction** (Eq. 6, aux ``'recon'``): two small decoders (:class:`ReconstructionDecoder`) rebuild the
+    3. **Reconstruction** (Eq. 6, loss ``'recon'``): two small decoders (:class:`ReconstructionDecoder`) rebuild the
        *input modalities* at the patch resolution: ``psi_0(z_1)`` the first two modalities of the drawn order,
        ``psi_1(z_2)`` the remaining ``M - 2`` (the equation's ``z_0/z_1`` subscripts are read as the two stage
        outputs ``z_1/z_2``, as its text says). Loss: the unit-variance Gaussian NLL per voxel
@@ -222,7 +188,7 @@ class SMSNFusion(nn.Module):
     4. **Specific feature extraction** (Sec. 4): ``z_2`` is projected to ``C`` channels (``z~_2``) so that it can
        be added to the modality features; a transformer runs over the voxels of the ``M`` modality feature maps
        and ``z~_2`` (missing modalities masked out of attention) and its output is split back into ``x_{s_i}``.
-       ``L_o`` (aux ``'orth'``) is ``sum_i (z~_2 . x_{s_i})^2`` per voxel, summed over the present modalities,
+       ``L_o`` (loss ``'orth'``) is ``sum_i (z~_2 . x_{s_i})^2`` per voxel, summed over the present modalities,
        averaged over voxels and samples, with the dot product read as the cosine similarity by default
        (``orthogonality_normalize=True``): the paper's raw dot product grows with the feature width and scale
        and swamped the segmentation gradient in our measurements (see ``nnUNetTrainerSMSN``);
@@ -331,7 +297,7 @@ class SMSNFusion(nn.Module):
         return masked_reconstruction_loss(prediction, image, mask)
 
     def forward(self, features: torch.Tensor, availability: torch.Tensor, image: torch.Tensor | None = None
-                ) -> Tuple[torch.Tensor, Aux]:
+                ) -> Tuple[torch.Tensor, Losses]:
         b, m, c = features.shape[:3]
         order = self.draw_order(availability)
         rows = torch.arange(b, device=features.device)[:, None]
@@ -341,9 +307,9 @@ class SMSNFusion(nn.Module):
         z2, mu2, logvar2 = self._sample(self.stage2, torch.cat([z1, ordered[:, 2:].flatten(1, 2)], 1))
         common = self.common(z2)
 
-        aux: Aux = {}
+        losses: Losses = {}
         if self.training:
-            aux['kl'] = gaussian_kl_standard_normal(mu1, logvar1) + gaussian_kl_standard_normal(mu2, logvar2)
+            losses['kl'] = gaussian_kl_standard_normal(mu1, logvar1) + gaussian_kl_standard_normal(mu2, logvar2)
             if self.use_reconstruction:
                 if image is None:
                     raise ValueError("SMSN's reconstruction loss (Eq. 6) needs the input image: call "
@@ -354,15 +320,15 @@ class SMSNFusion(nn.Module):
                 if self.reconstruct2 is not None:
                     recon = recon + self.gamma * self._reconstruction_loss(self.reconstruct2, z2, target[:, 2:],
                                                                            ordered_mask[:, 2:])
-                aux['recon'] = recon
+                losses['recon'] = recon
 
         if self.use_specific:
             maps = torch.cat([features, common[:, None]], 1)
             pad = torch.cat([~availability, availability.new_zeros(b, 1)], 1)
             specific = self.specific(maps, pad)[:, :m]
             if self.training and self.use_orthogonality:
-                aux['orth'] = orthogonality_loss(specific, common, availability,
+                losses['orth'] = orthogonality_loss(specific, common, availability,
                                                  normalize=self.orthogonality_normalize)
         else:
             specific = features
-        return masked_mean(specific + common[:, None], availability), aux
+        return masked_mean(specific + common[:, None], availability), losses

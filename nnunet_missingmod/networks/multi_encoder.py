@@ -19,7 +19,8 @@
 * **Skips**: mean over the present modalities at every resolution except the bottleneck.
 * **Bottleneck**: a fusion module (:mod:`nnunet_missingmod.networks.fusion`) gets the ``(B, M, C, *spatial)``
   stack, the mask and the input image ``x`` (SMSN's reconstruction loss rebuilds the input modalities; the
-  other fusions ignore it) and returns the fused map plus its auxiliary losses. It is built with the plans'
+  other fusions ignore it) and returns the fused map plus its auxiliary losses (the network's
+  ``NetworkOutput.losses``; it has no extras). It is built with the plans'
   strides (SMSN's reconstruction decoders up-sample by them) and, if it defines ``after_weight_init()``, that is
   called after the He initialisation of the whole network (SMSN zeroes the last layer of its Gaussian heads).
 * **Decoder**: one dynamic_network_architectures ``UNetDecoder`` (deep supervision as in ``PlainConvUNet``).
@@ -37,7 +38,8 @@ from torch import nn
 from nnunet_missingmod.networks.base import MissingModalityNetwork
 from nnunet_missingmod.networks.fusion import masked_mean
 from nnunet_missingmod.networks.grouped import grouped_forward
-from nnunet_missingmod.networks.plans import resolve_arch_kwargs, scale_widths
+from nnunet_missingmod.networks.outputs import NetworkOutput
+from nnunet_missingmod.networks.plans import PlansArchitecture, scale_widths
 
 #: arch_kwargs of the plans that the backbone uses; everything else of the plans' architecture is rejected
 _BLOCK_KEYS = ('conv_op', 'conv_bias', 'norm_op', 'norm_op_kwargs', 'dropout_op', 'dropout_op_kwargs', 'nonlin',
@@ -84,13 +86,13 @@ class MultiEncoderFusionUNet(MissingModalityNetwork):
             self.fusion.after_weight_init()
 
     @classmethod
-    def from_plans(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
-                   fusion: FusionFactory, width_factor: float, enable_deep_supervision: bool = True
-                   ) -> 'MultiEncoderFusionUNet':
-        """Build from an nnU-Net ``ConfigurationManager`` (one modality per input channel)."""
-        kwargs = resolve_arch_kwargs(configuration_manager.network_arch_init_kwargs,
-                                     configuration_manager.network_arch_init_kwargs_req_import)
-        return cls(num_input_channels, num_output_channels, kwargs, fusion, width_factor, enable_deep_supervision)
+    def build_from_architecture(cls, architecture: PlansArchitecture, num_input_channels: int,
+                                num_output_channels: int, *, width_factor: float, deep_supervision: bool,
+                                fusion: FusionFactory) -> 'MultiEncoderFusionUNet':
+        """``from_plans(configuration_manager, M, K, width_factor=..., deep_supervision=..., fusion=factory)``: one
+        modality per input channel, ``fusion`` the bottleneck fusion factory (class docstring)."""
+        return cls(num_input_channels, num_output_channels, architecture.resolved_kwargs(), fusion, width_factor,
+                   deep_supervision)
 
     def encode(self, x: torch.Tensor, availability: torch.Tensor):
         """Skips fused by the mean over present modalities (all but the bottleneck) and the ``(B, M, C, *sp)``
@@ -105,5 +107,5 @@ class MultiEncoderFusionUNet(MissingModalityNetwork):
             raise ValueError(f"input has {x.shape[1]} channels, the network was built for {self.num_modalities} "
                              f"modalities")
         skips, stack = self.encode(x, availability)
-        fused, aux = self.fusion(stack, availability, x)
-        return self.decoder(skips + [fused]), aux
+        fused, losses = self.fusion(stack, availability, x)
+        return NetworkOutput(self.decoder(skips + [fused]), losses, {})

@@ -8,15 +8,15 @@ modality subset S as the mean of its members' outputs ``Y_S = mean_{i in S} h_i`
   and non-linearity, mapping every modality into the same C-channel space (C = the backbone's first width). Being
   one parameter tensor for all modalities, it is always part of the graph, which keeps DDP with
   ``find_unused_parameters=False`` working whatever modalities a rank's batch happens to contain.
-* **T** is the plans' own architecture (``network_arch_class_name``, e.g. ``PlainConvUNet``, with its kwargs
-  resolved like nnU-Net's ``get_network_from_plans``) built with ``C`` input channels and its widths multiplied by
-  ``width_factor``. It runs *once* on the (sample, modality) pairs stacked into the batch dimension, with no Python
-  loop over modalities: at inference on the available pairs only (missing modalities get no backbone pass, the
-  cost is proportional to the number of available modalities, the paper's Theorem 4); in training on all ``B * M``
-  pairs, the missing ones excluded from every combination by zero weights, so that the step has no
-  mask-dependent shape and no host sync (Algorithm 1 trains on the full set: every pair is present unless a
-  case has an all-zero channel). Per-sample normalisation (nnU-Net's instance norm) keeps the available pairs'
-  outputs exactly as before; with batch-statistics norms the missing pairs would enter the statistics.
+* **T** is the plans' own architecture (``network_arch_class_name``, e.g. ``PlainConvUNet``), built by nnU-Net's
+  ``get_network_from_plans`` with ``C`` input channels and its widths multiplied by ``width_factor``. It runs
+  *once* on the (sample, modality) pairs stacked into the batch dimension, with no Python loop over modalities:
+  at inference on the available pairs only (missing modalities get no backbone pass, the cost is proportional to
+  the number of available modalities, the paper's Theorem 4); in training on all ``B * M`` pairs, the missing
+  ones excluded from every combination by zero weights, so that the step has no mask-dependent shape and no host
+  sync (Algorithm 1 trains on the full set: every pair is present unless a case has an all-zero channel).
+  Per-sample normalisation (nnU-Net's instance norm) keeps the available pairs' outputs exactly as before; with
+  batch-statistics norms the missing pairs would enter the statistics.
 * **Normalisation per modality** (``modality_specific_norm``, default on): T's convolutions are shared, its
   normalisation layers keep one affine (scale, shift) per modality, as the authors' code keeps one GroupNorm per
   modality (:mod:`nnunet_missingmod.networks.modality_norm`).
@@ -26,21 +26,24 @@ modality subset S as the mean of its members' outputs ``Y_S = mean_{i in S} h_i`
   consume unchanged, and it is what Algorithm 1 writes (``Mean({h_i})`` of the backbone outputs).
 
 In training mode the network also enumerates/draws the modality subsets of Algorithm 1 (:meth:`training_subsets`)
-and returns, besides the prediction for the given mask:
+and returns (:class:`~nnunet_missingmod.networks.outputs.NetworkOutput`), besides the prediction for the given
+mask, the extras
 
-* ``aux['_subset_outputs']``: per deep-supervision level the predictions of every subset, (S, B, K, *spatial);
-* ``aux['_subsets']``: the (S, B, M) subset masks and ``aux['_subset_weights']`` their (S,) weights in every
+* ``'subset_outputs'``: per deep-supervision level the predictions of every subset, (S, B, K, *spatial);
+* ``'subsets'``: the (S, B, M) subset masks and ``'subset_weights'`` their (S,) weights in every
   average over subsets (0 for the codes a batch without a complete sample does not use);
-* ``aux['_features']``: the per-pair encoder features of the MI levels (N, C_k, *spatial) and
-  ``aux['_pair_index']`` (N, 2) (sample, modality) of each pair;
-* ``aux['mi']``: the unweighted L_MI (Eq. 4-5) between ``d_f`` (mean over the sample's available modalities) and
+* ``'features'``: the per-pair encoder features of the MI levels (N, C_k, *spatial) and
+  ``'pair_index'`` (N, 2) (sample, modality) of each pair;
+
+and the loss
+
+* ``'mi'``: the unweighted L_MI (Eq. 4-5) between ``d_f`` (mean over the sample's available modalities) and
   ``d_m`` (mean over the subset), averaged over all training subsets (the full set included, as in Algorithm 1),
   when the network was built with an MI module. By default (``mi_num_levels = 1``) the features are the
   deepest encoder stage, the "deep feature" of the paper and the bottleneck ``c5d`` the authors' code uses.
 """
 from __future__ import annotations
 
-import pydoc
 from typing import Optional
 
 import numpy as np
@@ -52,7 +55,8 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from nnunet_missingmod.losses.mutual_information import VariationalMILoss
 from nnunet_missingmod.networks.base import MissingModalityNetwork
 from nnunet_missingmod.networks.modality_norm import make_norms_modality_specific
-from nnunet_missingmod.networks.plans import resolve_arch_kwargs, scale_widths
+from nnunet_missingmod.networks.outputs import NetworkOutput
+from nnunet_missingmod.networks.plans import PlansArchitecture, scale_widths
 
 
 def combine_pairs(values: torch.Tensor, pair_index: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
@@ -78,8 +82,9 @@ class SharedBackboneNetwork(MissingModalityNetwork):
     Args:
         num_modalities: M.
         num_classes: segmentation heads (regions or classes).
-        backbone_class: the plans' architecture class (must expose ``encoder`` returning skips and ``decoder``).
-        backbone_kwargs: its resolved kwargs without ``input_channels``/``num_classes`` (widths already scaled).
+        architecture: the plans' architecture of T, widths already scaled (its class must expose ``encoder``
+            returning skips and ``decoder``); built by ``get_network_from_plans``.
+        deep_supervision: T's deep-supervision outputs.
         channel_encoder_kernel: kernel size of f_i (1 or 3 in the paper's spirit; 3 by default).
         mi_num_levels: number of deepest encoder stages used for L_MI (``None`` = all; 0 = no MI module).
         modality_specific_norm: one affine per modality in every normalisation layer of T.
@@ -88,12 +93,14 @@ class SharedBackboneNetwork(MissingModalityNetwork):
             (Algorithm 1); an int draws that many subsets uniformly per sample.
     """
 
-    def __init__(self, num_modalities: int, num_classes: int, backbone_class, backbone_kwargs: dict,
-                 channel_encoder_kernel: int = 3, mi_num_levels: Optional[int] = None, mi_gamma0: float = 1.0,
-                 mi_sigma_min: float = 1e-2, subsets_per_step: Optional[int] = None, seed: Optional[int] = None,
+    def __init__(self, num_modalities: int, num_classes: int, architecture: PlansArchitecture,
+                 deep_supervision: bool = True, channel_encoder_kernel: int = 3,
+                 mi_num_levels: Optional[int] = None, mi_gamma0: float = 1.0, mi_sigma_min: float = 1e-2,
+                 subsets_per_step: Optional[int] = None, seed: Optional[int] = None,
                  modality_specific_norm: bool = True):
         super().__init__()
         self.num_modalities = int(num_modalities)
+        backbone_kwargs = architecture.resolved_kwargs()
         widths = backbone_kwargs['features_per_stage']
         n_stages = backbone_kwargs['n_stages']
         self.common_channels = widths[0] if not isinstance(widths, int) else widths
@@ -107,12 +114,14 @@ class SharedBackboneNetwork(MissingModalityNetwork):
         if nonlin is not None:
             layers.append(nonlin(**(backbone_kwargs.get('nonlin_kwargs') or {})))
         self.channel_encoders = nn.Sequential(*layers)
-        self.backbone = backbone_class(input_channels=self.common_channels, num_classes=num_classes, **backbone_kwargs)
+        self.backbone = architecture.build(self.common_channels, num_classes, deep_supervision)  # initialised
         if not (hasattr(self.backbone, 'encoder') and hasattr(self.backbone, 'decoder')):
-            raise TypeError(f"{backbone_class.__name__} has no encoder/decoder pair; the shared backbone needs a "
-                            f"U-Net of dynamic_network_architectures (e.g. PlainConvUNet, ResidualEncoderUNet)")
-        init = getattr(self.backbone, 'initialize', InitWeights_He(1e-2))
-        self.backbone.apply(init)
+            raise TypeError(f"{type(self.backbone).__name__} has no encoder/decoder pair; the shared backbone needs "
+                            f"a U-Net of dynamic_network_architectures (e.g. PlainConvUNet, ResidualEncoderUNet)")
+        init = getattr(self.backbone, 'initialize', None)
+        if init is None:
+            init = InitWeights_He(1e-2)
+            self.backbone.apply(init)
         self.channel_encoders.apply(init)
         # a plain list: the layers are registered inside the backbone already
         self.modality_affines = make_norms_modality_specific(self.backbone, norm_op, num_modalities) \
@@ -129,18 +138,14 @@ class SharedBackboneNetwork(MissingModalityNetwork):
         self.rng = np.random.default_rng(seed)
 
     @classmethod
-    def from_plans(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
-                   deep_supervision: bool = True, width_factor: float = 1.0, **kwargs) -> 'SharedBackboneNetwork':
-        """Build T from the plans' architecture (class, kwargs, ``_kw_requires_import``) with scaled widths."""
-        backbone_class = pydoc.locate(configuration_manager.network_arch_class_name)
-        if backbone_class is None:
-            raise ImportError(f"network class {configuration_manager.network_arch_class_name!r} of the plans "
-                              f"cannot be imported")
-        bk = resolve_arch_kwargs(configuration_manager.network_arch_init_kwargs,
-                                 configuration_manager.network_arch_init_kwargs_req_import)
-        bk['features_per_stage'] = scale_widths(bk['features_per_stage'], width_factor, bk['n_stages'])
-        bk['deep_supervision'] = deep_supervision
-        return cls(num_input_channels, num_output_channels, backbone_class, bk, **kwargs)
+    def build_from_architecture(cls, architecture: PlansArchitecture, num_input_channels: int,
+                                num_output_channels: int, *, width_factor: float, deep_supervision: bool,
+                                **method_kwargs) -> 'SharedBackboneNetwork':
+        """``from_plans(configuration_manager, M, K, width_factor=..., deep_supervision=..., **options)``: T is the
+        plans' architecture with scaled widths; ``options`` are the constructor's keyword arguments
+        (``channel_encoder_kernel``, ``mi_num_levels``, ``mi_gamma0``, ``subsets_per_step``, ...)."""
+        return cls(num_input_channels, num_output_channels, architecture.scaled(width_factor), deep_supervision,
+                   **method_kwargs)
 
     # ------------------------------------------------------------------ subsets
     def training_subsets(self, availability: torch.Tensor):
@@ -191,14 +196,15 @@ class SharedBackboneNetwork(MissingModalityNetwork):
         seg = [combine_pairs(o, pair_index, full)[0] for o in outputs]
         seg = seg if isinstance(out, (list, tuple)) else seg[0]
         if not self.training:
-            return seg, {}
+            return NetworkOutput(seg, {}, {})
 
         subsets, weights = self.training_subsets(availability)
         features = [skips[s] for s in self.mi_stages]
-        aux = {'_subset_outputs': [combine_pairs(o, pair_index, subsets) for o in outputs],
-               '_subsets': subsets, '_subset_weights': weights, '_features': features, '_pair_index': pair_index}
+        extras = {'subset_outputs': [combine_pairs(o, pair_index, subsets) for o in outputs],
+                  'subsets': subsets, 'subset_weights': weights, 'features': features, 'pair_index': pair_index}
+        losses = {}
         if self.mi is not None:
             d_full = [combine_pairs(f, pair_index, full)[0] for f in features]      # (B, C, ...): teacher
             d_missing = [combine_pairs(f, pair_index, subsets) for f in features]  # (S, B, C, ...): students
-            aux['mi'] = self.mi(d_full, d_missing, weights[:, None].expand(-1, B))
-        return seg, aux
+            losses['mi'] = self.mi(d_full, d_missing, weights[:, None].expand(-1, B))
+        return NetworkOutput(seg, losses, extras)

@@ -37,6 +37,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_missingmod.losses.ciml import SegmentorRegionLoss
 from nnunet_missingmod.networks.ciml import CIMLNetwork, resolve_task_map
+from nnunet_missingmod.networks.outputs import NetworkOutput
 from nnunet_missingmod.training.missing_modality_trainer import nnUNetTrainerMissingModality
 
 #: key of the resolved task map in the plans configuration
@@ -49,10 +50,11 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
     #: modality name -> region names (dataset label names or WT/TC/ET). ``None``: the paper's BraTS map
     #: (FLAIR->WT, T1->TC, T2->WT+TC, T1ce->TC+ET) when the data set has those names, else all -> all.
     ciml_task_map: Optional[Mapping[str, Sequence[str]]] = None
-    #: Table 5 variant: 'none' | 'plain' | 'attention' | 'vi' | 'attention_vi'
-    ciml_fusion: str = 'attention_vi'
-    #: feature widths of each segmentor relative to the plans' U-Net (compute budget, see the README)
-    ciml_width_factor: float = 0.25
+    #: Table 5 variant of the message fusion in the gates: 'none' | 'plain' | 'attention' | 'vi' | 'attention_vi'
+    ciml_message_fusion: str = 'attention_vi'
+    #: feature widths of each segmentor relative to the plans' U-Net (compute budget, see the README); the same
+    #: attribute as the fusion and Hölder-MI trainers' ``width_factor`` (formerly ``ciml_width_factor``)
+    width_factor: float = 0.25
     #: fallback heads (our extension): supervise the regions outside each segmentor's task and predict a region
     #: from them when all its segmentors are missing. False: the paper's model (no such loss; region predicted absent)
     ciml_fallback: bool = True
@@ -83,10 +85,9 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
             raise ValueError(f"plans configuration has no {TASK_MAP_KEY!r}: it is written by {cls.__name__}.__init__ "
                              f"and saved with the plans into the model folder; use the plans.json of a trained model")
         return CIMLNetwork.from_plans(
-            configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
-            configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, num_output_channels,
-            task_map, width_factor=cls.ciml_width_factor, fusion=cls.ciml_fusion,
-            deep_supervision=enable_deep_supervision, fallback=cls.ciml_fallback)
+            configuration_manager, num_input_channels, num_output_channels, width_factor=cls.width_factor,
+            deep_supervision=enable_deep_supervision, task_map=task_map, message_fusion=cls.ciml_message_fusion,
+            fallback=cls.ciml_fallback)
 
     def initialize(self):
         super().initialize()
@@ -94,12 +95,12 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
         self.segmentor_loss = SegmentorRegionLoss(self.configuration_manager.batch_dice, self.is_ddp, weights,
                                                   has_ignore_label=self.label_manager.has_ignore_label)
 
-    def segmentation_terms(self, output, aux: Dict[str, torch.Tensor], target, availability: torch.Tensor
+    def segmentation_terms(self, output: NetworkOutput, target, availability: torch.Tensor
                            ) -> Dict[str, torch.Tensor]:
         """Unweighted ``seg_<modality>`` per segmentor with a task, ``fallback`` (summed over segmentors, when
         :attr:`ciml_fallback`) and the logged-only ``kl_per_sample``; the base class adds ``kl`` and weighs."""
         targets = target if isinstance(target, (list, tuple)) else [target]
-        outputs = aux['_segmentor_outputs']
+        outputs = output.extras['segmentor_outputs']
         num_regions = outputs[0][0].shape[1]
         terms: Dict[str, torch.Tensor] = {}
         fallback = []
@@ -112,30 +113,30 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
                 fallback.append(self.segmentor_loss(outputs[m], targets, others, present))
         if fallback:
             terms['fallback'] = sum(fallback)
-        if '_kl_nats_per_sample' in aux:
-            terms['kl_per_sample'] = aux['_kl_nats_per_sample'].detach()
+        if 'kl_nats_per_sample' in output.extras:
+            terms['kl_per_sample'] = output.extras['kl_nats_per_sample'].detach()
         return terms
 
 
 # --------------------------------------------------------------------------- Table 5: component ablations
 class nnUNetTrainerCIML_NoMessage(nnUNetTrainerCIML):
     """Table 5 'Baseline': independent segmentors, no message passing."""
-    ciml_fusion = 'none'
+    ciml_message_fusion = 'none'
 
 
 class nnUNetTrainerCIML_Message(nnUNetTrainerCIML):
     """Table 5 '+Message': concatenated messages -> one conv + norm + sigmoid, added to the local feature."""
-    ciml_fusion = 'plain'
+    ciml_message_fusion = 'plain'
 
 
 class nnUNetTrainerCIML_MessageAttention(nnUNetTrainerCIML):
     """Table 5 '+Message +Attention': cross-modal spatial attention, no variational inference (no KL)."""
-    ciml_fusion = 'attention'
+    ciml_message_fusion = 'attention'
 
 
 class nnUNetTrainerCIML_MessageVI(nnUNetTrainerCIML):
     """Table 5 '+Message +VI': variational complementary information without the attention maps."""
-    ciml_fusion = 'vi'
+    ciml_message_fusion = 'vi'
 
 
 # --------------------------------------------------------------------------- Table 6: task decompositions
@@ -186,4 +187,4 @@ class nnUNetTrainerCIML_budget(nnUNetTrainerCIML):
     before the floor, with 6 channels in the first stage; the floor makes that stage 8 wide, so re-measure with
     ``nnUNetv2_mm_perf``. On plans with no stage wider than 32 channels (e.g. the unit tests' 4-16) the floor
     makes this variant the same network as the default."""
-    ciml_width_factor = 0.1875
+    width_factor = 0.1875

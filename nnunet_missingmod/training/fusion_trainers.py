@@ -51,7 +51,9 @@ class nnUNetTrainerConcatFusion(nnUNetTrainerMissingModality):
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         return MultiEncoderFusionUNet.from_plans(configuration_manager, num_input_channels, num_output_channels,
-                                                 cls.fusion_factory(), cls.width_factor, enable_deep_supervision)
+                                                 width_factor=cls.width_factor,
+                                                 deep_supervision=enable_deep_supervision,
+                                                 fusion=cls.fusion_factory())
 
 
 class nnUNetTrainerAttentionFusion(nnUNetTrainerConcatFusion):

@@ -41,6 +41,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_missingmod.losses.divergences import check_loss_name, divergence_loss
+from nnunet_missingmod.networks.outputs import NetworkOutput
 from nnunet_missingmod.networks.shared_backbone import SharedBackboneNetwork
 from nnunet_missingmod.training.missing_modality_trainer import nnUNetTrainerMissingModality, \
     nnUNetTrainerModalityDropout
@@ -109,8 +110,8 @@ class nnUNetTrainerHolderMI(nnUNetTrainerMissingModality):
                                    ) -> SharedBackboneNetwork:
         """Built from the plans and the class attributes, so nnU-Net's predictor can call it on the class."""
         return SharedBackboneNetwork.from_plans(
-            configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision,
-            width_factor=cls.width_factor, channel_encoder_kernel=cls.channel_encoder_kernel,
+            configuration_manager, num_input_channels, num_output_channels, width_factor=cls.width_factor,
+            deep_supervision=enable_deep_supervision, channel_encoder_kernel=cls.channel_encoder_kernel,
             mi_num_levels=cls.mi_num_levels if cls.aux_loss_weights.get('mi', 0) > 0 else 0,
             mi_gamma0=cls.mi_gamma0, subsets_per_step=cls.subsets_per_step,
             modality_specific_norm=cls.modality_specific_norm)
@@ -158,15 +159,16 @@ class nnUNetTrainerHolderMI(nnUNetTrainerMissingModality):
             return total
         return _subset_mean(torch.func.vmap(one_subset)(*subset_outputs), weights)
 
-    def segmentation_terms(self, output, aux: Dict[str, torch.Tensor], target, availability: torch.Tensor
+    def segmentation_terms(self, output: NetworkOutput, target, availability: torch.Tensor
                            ) -> Dict[str, torch.Tensor]:
         """Dice (and L_HD) of every subset's prediction, averaged over the subsets with the network's subset weights
         (Algorithm 1); nnU-Net's loss evaluated once, vectorised over the subsets (``torch.func.vmap``), except
         under DDP with batch Dice, whose all-gather cannot be vectorised: there one call per subset."""
-        subset_outputs, weights = aux['_subset_outputs'], aux['_subset_weights']
+        subset_outputs, weights = output.extras['subset_outputs'], output.extras['subset_weights']
+        deep_supervision = isinstance(output.segmentation, (list, tuple))
 
         def one_subset(*levels):
-            return self.loss(list(levels) if isinstance(output, (list, tuple)) else levels[0], target)
+            return self.loss(list(levels) if deep_supervision else levels[0], target)
         if self.is_ddp and self.configuration_manager.batch_dice:
             seg = torch.stack([one_subset(*(o[s] for o in subset_outputs)) for s in range(len(weights))])
         else:

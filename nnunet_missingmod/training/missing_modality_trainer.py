@@ -16,6 +16,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunet_missingmod.modalities import case_availability, draw_availability, modality_names, subset_name, \
     mask_to_subset, zero_missing
 from nnunet_missingmod.networks.base import MissingModalityNetwork
+from nnunet_missingmod.networks.outputs import NetworkOutput
 
 #: keys of the ``mm_schedule`` block a plans configuration may carry (see ``nnUNetv2_mm_small_config``)
 SCHEDULE_KEYS = ('num_epochs', 'num_iterations_per_epoch', 'num_val_iterations_per_epoch')
@@ -30,10 +31,12 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
     :class:`~nnunet_missingmod.networks.base.MissingModalityNetwork` protocol.
 
     **One rule for the loss.** ``total = sum_k w_k * L_k`` over the terms of :meth:`segmentation_terms` (the hook a
-    method overrides for its target-dependent terms; default ``{'seg': nnU-Net's loss}``) and the auxiliary losses
-    the network returns. ``w_k`` is ``aux_loss_weights[k]``; segmentation terms not listed there weigh 1, a network
-    term not listed there is an error. Every term is logged per epoch, unweighted, with its weight and unit
-    (:attr:`loss_term_units`), and at the start of a run the share of each weighted term in the gradient norm.
+    method overrides for its target-dependent terms, which may read the network's ``extras``; default
+    ``{'seg': nnU-Net's loss}``) and the network's ``losses``
+    (:class:`~nnunet_missingmod.networks.outputs.NetworkOutput`). ``w_k`` is ``aux_loss_weights[k]``; segmentation
+    terms not listed there weigh 1, a network loss not listed there is an error. Every term is logged per epoch,
+    unweighted, with its weight and unit (:attr:`loss_term_units`), and at the start of a run the share of each
+    weighted term in the gradient norm.
 
     **One generator.** Every random draw of training that is not a tensor op (the subset per sample here, the SMSN
     fusion order, the Hölder-MI subsets per step) comes from :attr:`rng`, seeded from NumPy's global generator and
@@ -157,27 +160,25 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         return torch.from_numpy(np.stack(masks))
 
     # ----------------------------------------------------------------- losses
-    def segmentation_terms(self, output, aux: Dict[str, torch.Tensor], target, availability: torch.Tensor
+    def segmentation_terms(self, output: NetworkOutput, target, availability: torch.Tensor
                            ) -> Dict[str, torch.Tensor]:
-        """The unweighted terms that need the target; methods override this hook. Default: nnU-Net's loss."""
-        return {'seg': self.loss(output, target)}
+        """The unweighted terms that need the target (from ``output.segmentation`` and ``output.extras``); methods
+        override this hook. Default: nnU-Net's loss of the segmentation."""
+        return {'seg': self.loss(output.segmentation, target)}
 
     def term_weight(self, name: str) -> float:
         """Weight of a loss term in the total (:attr:`aux_loss_weights`, 1 for unlisted segmentation terms)."""
         return float(self.aux_loss_weights.get(name, 1.0))
 
-    def compute_loss(self, output, aux: Dict[str, torch.Tensor], target, availability: torch.Tensor
+    def compute_loss(self, output: NetworkOutput, target, availability: torch.Tensor
                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Total loss and its unweighted terms: ``sum_k w_k L_k`` over segmentation and network terms.
-
-        Names in ``aux`` starting with ``'_'`` are extra network outputs for the segmentation terms, not losses.
-        """
-        terms = dict(self.segmentation_terms(output, aux, target, availability))
-        network_terms = {k: v for k, v in aux.items() if not k.startswith('_')}
-        unweighted = [k for k in network_terms if k not in self.aux_loss_weights]
+        """Total loss and its unweighted terms: ``sum_k w_k L_k`` over the segmentation terms and the network's
+        ``output.losses`` (its ``extras`` are not losses)."""
+        terms = dict(self.segmentation_terms(output, target, availability))
+        unweighted = [k for k in output.losses if k not in self.aux_loss_weights]
         if unweighted:
             raise KeyError(f"{type(self).__name__}.aux_loss_weights has no weight for {unweighted}")
-        terms.update(network_terms)
+        terms.update(output.losses)
         total = sum(self.term_weight(k) * v for k, v in terms.items())
         return total, terms
 
@@ -186,10 +187,10 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         """Network forward and :meth:`compute_loss` under nnU-Net's autocast (the training step's one path)."""
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             if isinstance(self.bare_network, MissingModalityNetwork):
-                output, aux = self.network(data, availability, return_aux=True)
+                output = self.network(data, availability, full_output=True)
             else:
-                output, aux = self.network(data), {}
-            return self.compute_loss(output, aux, target, availability)
+                output = NetworkOutput(self.network(data), {}, {})
+            return self.compute_loss(output, target, availability)
 
     def _gradient_norm(self, value: torch.Tensor) -> float:
         """``||grad(value)||`` over the network's parameters; the graph is retained for the step's backward."""

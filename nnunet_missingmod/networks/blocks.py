@@ -1,0 +1,177 @@
+"""Building blocks shared by the networks: the modality transformer (attention fusion, SMSN's specific module),
+CIML's cross-modality information gate, and a U-Net decoder with a gate before each stage.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Type
+
+import torch
+from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
+from torch import nn
+
+from nnunet_missingmod.losses.information_bottleneck import gaussian_kl_standard_normal
+
+#: CIML's message fusion variants of the paper's Table 5 (``'none'``: no gate at all)
+MESSAGE_FUSIONS = ('none', 'plain', 'attention', 'vi', 'attention_vi')
+
+
+# ----------------------------------------------------------------------------------------------- transformer
+def _num_heads(channels: int, requested: int, min_head_dim: int = 16) -> int:
+    """The largest head count ``<= requested`` that divides ``channels`` with heads at least ``min_head_dim`` wide
+    (narrow bottlenecks of small configurations get fewer heads rather than 1-channel heads)."""
+    floor = min(min_head_dim, channels)
+    return max(h for h in range(1, min(requested, channels) + 1) if channels % h == 0 and channels // h >= floor)
+
+
+class ModalityTransformer(nn.Module):
+    """Pre-norm transformer over the voxels of ``T`` feature maps, with padded maps masked out of attention.
+
+    Input ``(B, T, C, *spatial)``; every voxel of every map is one token of width ``C``. A depth-wise convolution
+    (shared by all maps) adds a position encoding that does not depend on the patch size, a learned embedding per
+    map tells the maps (modalities) apart. ``pad`` ``(B, T)`` bool marks maps that must not be attended to.
+    """
+
+    def __init__(self, num_maps: int, channels: int, conv_op: Type[nn.Module], num_heads: int = 8, depth: int = 1,
+                 mlp_ratio: float = 2.0):
+        super().__init__()
+        self.position = conv_op(channels, channels, 3, padding=1, groups=channels)
+        self.embedding = nn.Parameter(torch.zeros(num_maps, channels))
+        nn.init.trunc_normal_(self.embedding, std=0.02)
+        layer = nn.TransformerEncoderLayer(channels, _num_heads(channels, num_heads), int(mlp_ratio * channels),
+                                           dropout=0.0, activation='gelu', batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+    def forward(self, maps: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        b, t, c = maps.shape[:3]
+        spatial = maps.shape[3:]
+        flat = maps.reshape(b * t, c, *spatial)
+        flat = flat + self.position(flat)
+        tokens = flat.reshape(b, t, c, -1).transpose(2, 3) + self.embedding[None, :, None, :].to(flat.dtype)
+        n = tokens.shape[2]
+        key_padding_mask = pad[:, :, None].expand(b, t, n).reshape(b, t * n)
+        out = self.transformer(tokens.reshape(b, t * n, c), src_key_padding_mask=key_padding_mask)
+        return out.reshape(b, t, n, c).transpose(2, 3).reshape(b, t, c, *spatial)
+
+
+# ----------------------------------------------------------------------------------------------- CIML gate
+class CIGModule(nn.Module):
+    """Cross-modality information gate of one decoder stage of one segmentor (Fig. 8, Table 1).
+
+    ``message_fusion`` selects the Table 5 variant: ``'plain'`` (+Message: concatenated messages -> conv + norm +
+    sigmoid), ``'attention'`` (+Attention, no VI), ``'vi'`` (+VI, attention maps replaced by the availability mask)
+    and ``'attention_vi'`` (full CIG). ``forward`` returns the gated feature; after a call, :attr:`last` holds the
+    tensors of that call (attention maps, per-message complementary representations, mu/log-variance).
+    """
+
+    def __init__(self, channels: int, num_messages: int, conv_op, kernel_size, norm_op, norm_op_kwargs,
+                 nonlin, nonlin_kwargs, message_fusion: str = 'attention_vi'):
+        super().__init__()
+        if message_fusion not in MESSAGE_FUSIONS[1:]:
+            raise ValueError(f"unknown CIG message fusion {message_fusion!r}; choose one of {MESSAGE_FUSIONS[1:]}")
+        if num_messages < 1:
+            raise ValueError("a CIG module needs at least one message")
+        self.message_fusion = message_fusion
+        self.channels = channels
+        self.num_messages = num_messages
+        self.use_attention = message_fusion in ('attention', 'attention_vi')
+        self.use_vi = message_fusion in ('vi', 'attention_vi')
+        padding = [(k - 1) // 2 for k in kernel_size]
+        norm_op_kwargs = norm_op_kwargs or {}
+        nonlin_kwargs = nonlin_kwargs or {}
+        k = num_messages
+        if message_fusion == 'plain':
+            self.plain = nn.Sequential(conv_op(k * channels, channels, kernel_size, 1, padding, bias=True),
+                                       norm_op(channels, **norm_op_kwargs), nn.Sigmoid())
+        if self.use_attention:
+            self.attention = nn.Sequential(
+                conv_op(2 * (k + 1), 4 * (k + 1), kernel_size, 1, padding, bias=True),
+                norm_op(4 * (k + 1), **norm_op_kwargs), nonlin(**nonlin_kwargs),
+                conv_op(4 * (k + 1), k, 1, 1, 0, bias=True), norm_op(k, **norm_op_kwargs), nn.Sigmoid())
+        if self.use_vi:
+            # one (mu, log-variance) 1x1 conv pair per message, run as a single grouped conv
+            self.mu_logvar = conv_op(k * channels, 2 * k * channels, 1, 1, 0, groups=k, bias=True)
+        if message_fusion != 'plain':
+            self.align = conv_op(channels, channels, 1, 1, 0, bias=False)
+        self.last: Dict[str, object] = {}
+
+    @staticmethod
+    def _pool(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat((t.mean(1, keepdim=True), t.amax(1, keepdim=True)), 1)
+
+    def forward(self, local: torch.Tensor, messages: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """``local`` (B, C, ...); ``messages`` K tensors (B, C, ...); ``mask`` (B, K) float, 1 = message present."""
+        shape = (mask.shape[0], mask.shape[1]) + (1,) * (local.ndim - 2)
+        mask_b = mask.reshape(shape).to(local.dtype)
+        stacked = torch.stack(tuple(messages), 1) * mask_b.unsqueeze(2)       # (B, K, C, ...), missing -> 0
+        self.last = {}
+        if self.message_fusion == 'plain':
+            return local + self.plain(stacked.flatten(1, 2))
+        if self.use_attention:
+            pooled = torch.cat([self._pool(local)] + [self._pool(stacked[:, j]) for j in range(self.num_messages)], 1)
+            attention = self.attention(pooled) * mask_b                       # (B, K, ...)
+        else:
+            attention = mask_b.expand(-1, -1, *local.shape[2:])
+        self.last['attention'] = attention
+        weighted = stacked * attention.unsqueeze(2)
+        if self.use_vi:
+            stats = self.mu_logvar(weighted.flatten(1, 2)).unflatten(1, (self.num_messages, 2, self.channels))
+            mu, logvar = stats[:, :, 0], stats[:, :, 1]
+            if self.training:
+                z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            else:
+                z = mu
+            z = z * mask_b.unsqueeze(2)
+            self.last.update(mu=mu, logvar=logvar)
+        else:
+            z = weighted
+        representations = z.unbind(1)
+        self.last['representations'] = representations
+        return local + self.align(sum(representations))
+
+    def kl_per_sample(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B,) KL of this gate's complementary representations to N(0, I) in nats: summed over the present
+        messages (``mask`` (B, K)), channels and voxels; float32. A sample without a present message gives 0."""
+        kl = gaussian_kl_standard_normal(self.last['mu'], self.last['logvar'], reduction='none').flatten(2).sum(-1)
+        return (kl * mask.to(kl.dtype)).sum(1)                                # (B, K) -> (B,)
+
+
+# ----------------------------------------------------------------------------------------------- gated decoder
+#: ``gate(stage, features) -> features``: applied to the input of decoder stage ``stage`` (0 = the bottleneck)
+StageGate = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class GatedUNetDecoder(UNetDecoder):
+    """dynamic_network_architectures' ``UNetDecoder`` with a gate on the input of every stage.
+
+    Made from a built (and initialised) ``UNetDecoder``, whose layers it takes over as they are: the encoder
+    reference, the transposed convolutions, the ``StackedConvBlocks`` stages and the segmentation layers (same
+    modules, same state_dict keys, no new parameter). ``forward(skips, gate)`` is ``UNetDecoder.forward`` with
+    ``lres = gate(s, lres)`` before stage ``s`` up-samples: CIML's cross-modality information gates (Table 1: a
+    gate precedes each up-sampling step). Without a gate it is ``UNetDecoder.forward``. The gates are not part of
+    the decoder (the network owns them): a gate may read other modules' features, e.g. other segmentors' skips.
+    """
+
+    def __init__(self, decoder: UNetDecoder):
+        nn.Module.__init__(self)         # not UNetDecoder.__init__: the layers exist already, with their weights
+        self.deep_supervision = decoder.deep_supervision
+        self.encoder = decoder.encoder
+        self.num_classes = decoder.num_classes
+        self.stages = decoder.stages
+        self.transpconvs = decoder.transpconvs
+        self.seg_layers = decoder.seg_layers
+
+    def forward(self, skips: Sequence[torch.Tensor], gate: Optional[StageGate] = None):
+        """``skips`` in the encoder's order (bottleneck last); returns what ``UNetDecoder`` returns: the highest
+        resolution logits, or with deep supervision the list of all stages' logits, highest resolution first."""
+        lres = skips[-1]
+        outputs: List[torch.Tensor] = []
+        last = len(self.stages) - 1
+        for s, (up, stage, seg_layer) in enumerate(zip(self.transpconvs, self.stages, self.seg_layers)):
+            if gate is not None:
+                lres = gate(s, lres)
+            x = stage(torch.cat((up(lres), skips[-(s + 2)]), 1))
+            if self.deep_supervision or s == last:
+                outputs.append(seg_layer(x))
+            lres = x
+        outputs = outputs[::-1]
+        return outputs if self.deep_supervision else outputs[0]
