@@ -152,3 +152,23 @@ def test_ciml_decoders_are_gated_unet_decoders():
     net = build('ciml')
     assert all(isinstance(s.decoder, GatedUNetDecoder) for s in net.segmentors)
     assert len(net.cigs) == 4 and all(len(c) == len(s.decoder.stages) for c, s in zip(net.cigs, net.segmentors))
+
+
+def test_a_former_protocol_pair_is_still_read():
+    """A network written against the former protocol (``(seg, aux)``, extras named with a leading '_')."""
+    class Former(MissingModalityNetwork):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(4, 3, 1)
+
+        def forward_with_mask(self, x, availability):
+            seg = self.conv(x)
+            return seg, {'reg': seg.square().mean(), '_features': seg}
+
+    net = Former()
+    x, availability = batch()
+    output = net(x, availability, full_output=True)
+    assert set(output.losses) == {'reg'} and set(output.extras) == {'features'}
+    assert torch.equal(net(x, availability), output.segmentation)
+    with pytest.raises(NotImplementedError, match='build_from_architecture'):
+        Former.from_plans(configuration(), 4, 3)
