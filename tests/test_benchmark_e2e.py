@@ -27,6 +27,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunet_missingmod.evaluation.metrics import evaluate_case
 from nnunet_missingmod.inference.predict import MissingModalityPredictor, prepare_case_files, scan_input_folder
 from nnunet_missingmod.networks.base import MissingModalityNetwork
+from nnunet_missingmod.networks.outputs import NetworkOutput
 from nnunet_missingmod.regions import dataset_regions
 
 from conftest import run
@@ -55,7 +56,7 @@ class RecordingNet(MissingModalityNetwork):
         self.masks.append(availability.clone())
         self.inputs.append(x.clone())
         bias = availability.float() @ self.mask_weight
-        return self.conv(x) + bias[:, :, None, None, None], {}
+        return NetworkOutput(self.conv(x) + bias[:, :, None, None, None], {}, {})
 
 
 class StockNet(nn.Module):

@@ -154,21 +154,21 @@ def test_ciml_decoders_are_gated_unet_decoders():
     assert len(net.cigs) == 4 and all(len(c) == len(s.decoder.stages) for c, s in zip(net.cigs, net.segmentors))
 
 
-def test_a_former_protocol_pair_is_still_read():
-    """A network written against the former protocol (``(seg, aux)``, extras named with a leading '_')."""
-    class Former(MissingModalityNetwork):
+def test_a_network_without_a_plans_builder_says_so():
+    """A network that is never built from plans (e.g. a test's) works, and ``from_plans`` names what it lacks."""
+    class Unplanned(MissingModalityNetwork):
         def __init__(self):
             super().__init__()
             self.conv = torch.nn.Conv3d(4, 3, 1)
 
         def forward_with_mask(self, x, availability):
             seg = self.conv(x)
-            return seg, {'reg': seg.square().mean(), '_features': seg}
+            return NetworkOutput(seg, {'reg': seg.square().mean()}, {'features': seg})
 
-    net = Former()
+    net = Unplanned()
     x, availability = batch()
     output = net(x, availability, full_output=True)
-    assert set(output.losses) == {'reg'} and set(output.extras) == {'features'}
+    assert isinstance(output, NetworkOutput) and set(output.losses) == {'reg'} and set(output.extras) == {'features'}
     assert torch.equal(net(x, availability), output.segmentation)
     with pytest.raises(NotImplementedError, match='build_from_architecture'):
-        Former.from_plans(configuration(), 4, 3)
+        Unplanned.from_plans(configuration(), 4, 3)

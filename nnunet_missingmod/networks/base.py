@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from nnunet_missingmod.modalities import resolve_availability
-from nnunet_missingmod.networks.outputs import NetworkOutput, as_network_output
+from nnunet_missingmod.networks.outputs import NetworkOutput
 from nnunet_missingmod.networks.plans import PlansArchitecture
 
 
@@ -43,14 +43,13 @@ class MissingModalityNetwork(nn.Module, metaclass=ABCMeta):
             availability = torch.as_tensor(availability, dtype=torch.bool, device=x.device)
         else:
             availability = resolve_availability(x, availability)
-        output = as_network_output(self.forward_with_mask(x, availability))
+        output = self.forward_with_mask(x, availability)
         return output if full_output else output.segmentation
 
     @abstractmethod
     def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor) -> NetworkOutput:
         """The full :class:`~nnunet_missingmod.networks.outputs.NetworkOutput`; ``losses`` may be empty in eval
-        mode. (A former-protocol pair ``(seg, aux)`` is still accepted, see
-        :func:`~nnunet_missingmod.networks.outputs.as_network_output`.)"""
+        mode."""
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """Switch deep supervision outputs on/off (nnU-Net turns it off for validation and inference)."""

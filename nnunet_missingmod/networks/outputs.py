@@ -25,16 +25,3 @@ class NetworkOutput(NamedTuple):
     losses: Dict[str, torch.Tensor]
     extras: Dict[str, Any]
 
-
-def as_network_output(result) -> NetworkOutput:
-    """``result`` of a ``forward_with_mask`` as a :class:`NetworkOutput`.
-
-    Networks written against the former protocol return a pair ``(seg, aux)`` with losses and extras in one dict
-    (extras named with a leading ``'_'``); such a pair is split here (the ``'_'`` dropped), so that they keep
-    working. New networks return a :class:`NetworkOutput`.
-    """
-    if isinstance(result, NetworkOutput):
-        return result
-    seg, aux = result
-    return NetworkOutput(seg, {k: v for k, v in aux.items() if not k.startswith('_')},
-                         {k[1:]: v for k, v in aux.items() if k.startswith('_')})
