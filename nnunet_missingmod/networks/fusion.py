@@ -29,7 +29,7 @@ Every parameter takes part in every forward pass whatever the mask (missing entr
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple, Type
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
