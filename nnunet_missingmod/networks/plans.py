@@ -31,10 +31,12 @@ def scale_widths(features_per_stage: int | Sequence[int], width_factor: float, n
                  ) -> list[int]:
     """Stage widths times ``width_factor``, rounded, but never narrower than ``min(plans width, 8)`` channels.
 
-    The floor: on small plans (widths 8-64) a factor of 1/4 or 3/16 left 1-2 channels in the first stages, and
-    such networks learned no tumour core or enhancing tumour at all; nnU-Net itself never plans a stage narrower
-    than its base width (32 for 3d_fullres), so 8 is far below anything it would choose, while a stage narrower
-    in the plans than 8 keeps its plans width (the floor never widens a stage beyond the plans). An int width
+    The floor: on small plans (widths 8-64) a factor of 3/16 leaves 2, 3 and 6 channels in the first stages. A
+    user's CIML (budget) on such plans learned no tumour core or enhancing tumour at all; on synthetic gliomas
+    (widths 8-32, 1250 iterations) the floor raised its 15-subset Dice from 69.0 / 56.4 / 44.1 to 77.3 / 65.1 /
+    54.2 (WT / TC / ET). nnU-Net itself never plans a stage narrower than its base width (32 for 3d_fullres), so 8
+    is far below anything it would choose, while a stage narrower in the plans than 8 keeps its plans width (the
+    floor never widens a stage beyond the plans). An int width
     (allowed by dynamic_network_architectures) is repeated for ``n_stages`` stages.
     """
     if width_factor <= 0:
