@@ -182,9 +182,8 @@ class nnUNetTrainerCIML_budget(nnUNetTrainerCIML):
     """Within the package budget (training step <= 1.3x time, <= 1.5x peak memory of nnUNetTrainer on the same plans):
     segmentors at 3/16 of the plans' widths instead of 1/4, no stage narrower than min(plans width, 8) channels
     (:func:`~nnunet_missingmod.networks.plans.scale_widths`; 3d_fullres widths 32..320 give 8, 12, 24, 48, 60, 60).
-    On nnU-Net's 3d_fullres plans of the synthetic data set (CPU, README "Compute") the default's four segmentors
-    need 1.49-1.58x nnU-Net's peak memory, this variant 1.15x (0.40x step time, 0.92x prediction time) -- measured
-    before the floor, with 6 channels in the first stage; the floor makes that stage 8 wide, so re-measure with
-    ``nnUNetv2_mm_perf``. On plans with no stage wider than 32 channels (e.g. the unit tests' 4-16) the floor
-    makes this variant the same network as the default."""
+    On nnU-Net's 3d_fullres plans of the synthetic data set (CPU, README "Compute", with the floor) the default's
+    four segmentors need 1.65x nnU-Net's peak memory, this variant 1.37x (0.53x step time, 0.67x prediction time).
+    On plans with no stage wider than 32 channels (e.g. the unit tests' 4-16, or widths 8-32) the floor makes this
+    variant the same network as the default."""
     width_factor = 0.1875
