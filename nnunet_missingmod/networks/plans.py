@@ -36,8 +36,8 @@ def scale_widths(features_per_stage: int | Sequence[int], width_factor: float, n
     (widths 8-32, 1250 iterations) the floor raised its 15-subset Dice from 69.0 / 56.4 / 44.1 to 77.3 / 65.1 /
     54.2 (WT / TC / ET). nnU-Net itself never plans a stage narrower than its base width (32 for 3d_fullres), so 8
     is far below anything it would choose, while a stage narrower in the plans than 8 keeps its plans width (the
-    floor never widens a stage beyond the plans). An int width
-    (allowed by dynamic_network_architectures) is repeated for ``n_stages`` stages.
+    floor never widens a stage beyond the plans). An int width (allowed by dynamic_network_architectures) is
+    repeated for ``n_stages`` stages.
     """
     if width_factor <= 0:
         raise ValueError(f"width_factor must be positive, got {width_factor}")

@@ -183,7 +183,7 @@ class nnUNetTrainerCIML_budget(nnUNetTrainerCIML):
     segmentors at 3/16 of the plans' widths instead of 1/4, no stage narrower than min(plans width, 8) channels
     (:func:`~nnunet_missingmod.networks.plans.scale_widths`; 3d_fullres widths 32..320 give 8, 12, 24, 48, 60, 60).
     On nnU-Net's 3d_fullres plans of the synthetic data set (CPU, README "Compute", with the floor) the default's
-    four segmentors need 1.65x nnU-Net's peak memory, this variant 1.37x (0.53x step time, 0.67x prediction time).
+    four segmentors need 1.60-1.65x nnU-Net's peak memory, this variant 1.37x (0.53x step time, 0.67x prediction time).
     On plans with no stage wider than 32 channels (e.g. the unit tests' 4-16, or widths 8-32) the floor makes this
     variant the same network as the default."""
     width_factor = 0.1875
