@@ -4,7 +4,7 @@ import subprocess
 import pytest
 
 from conftest import DATASET_ID, nnunet_environment, run, synthetic_raw_dataset
-from nnunet_missingmod.evaluation.perf import markdown_table, ratios, within_budget
+from nnunet_missingmod.evaluation.perf import busy_cpu_note, markdown_table, ratios, within_budget
 
 
 def test_ratios_are_relative_to_nnunet_trainer():
@@ -25,6 +25,16 @@ def test_budget_verdict_uses_design_limits():
                             'slow': dict(parameters=1e6, gflops_per_patch=2.0, step_s=1.4, peak_memory_mb=100.0,
                                          predict_s=1.0)}, 'header')
     assert '| slow | 1.00 | 2.0 | 1.400 | – | 100 | 1.00 | 1.40 | – | 1.00 | 1.00 | NO |' in table
+
+
+def test_busy_cpu_note_flags_a_loaded_machine(monkeypatch):
+    assert busy_cpu_note(load=0.3, cpus=2) is None
+    note = busy_cpu_note(load=4.2, cpus=2)
+    assert note.startswith('load average 4.2 on 2 CPUs') and 'unreliable' in note
+    assert busy_cpu_note(load=0.99, cpus=2) is None and busy_cpu_note(load=1.0, cpus=2) is not None
+    monkeypatch.setattr('os.getloadavg', lambda: (7.5, 0.0, 0.0))
+    monkeypatch.setattr('os.cpu_count', lambda: 4)
+    assert busy_cpu_note().startswith('load average 7.5 on 4 CPUs')
 
 
 def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):

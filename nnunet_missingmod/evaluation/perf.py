@@ -9,8 +9,8 @@ temporary ``nnUNet_results``, never to the real one):
 * FLOPs: ``torch.utils.flop_counter`` for one forward pass of one patch (eval mode, all modalities present);
 * training step: median wall time of ``trainer.train_step`` (forward, backward, SGD step, with the trainer's own
   modality dropout and auxiliary losses) over ``--steps`` steps after ``--warmup`` steps, and the median CPU time
-  of the process over the same steps (all its threads; on a CPU shared with other jobs this figure is less
-  disturbed by them than the wall time);
+  of the process over the same steps (all its threads; on a CPU shared with other jobs it grows too, as OpenMP
+  threads that wait for a core spin: measure on a quiet machine, :func:`busy_cpu_note` warns otherwise);
 * peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the increase of the process's peak resident
   set size over the training steps (includes allocator caching, so treat small differences with care);
 * prediction: wall time of nnU-Net's sliding-window prediction of one preprocessed case (no mirroring).
@@ -159,6 +159,18 @@ def device_description(device: str) -> str:
     return f'{model}, {torch.get_num_threads()} threads'
 
 
+def busy_cpu_note(load: float | None = None, cpus: int | None = None) -> str | None:
+    """A note when other work is running (1-minute load average at least half the number of CPUs), else None.
+
+    nnU-Net's CPU processes each run one torch thread per core, so a measurement beside another job oversubscribes
+    the CPU: waiting OpenMP threads spin, and wall *and* CPU times grow (by up to 100x, measured on 2 cores)."""
+    load = os.getloadavg()[0] if load is None else load
+    cpus = cpus or os.cpu_count() or 1
+    if load < 0.5 * cpus:
+        return None
+    return f'load average {load:.1f} on {cpus} CPUs at the start: other jobs were running, the timings are unreliable'
+
+
 def markdown_table(results: dict, header: str) -> str:
     rel = ratios(results)
     lines = [header, '',
@@ -201,6 +213,9 @@ def main(argv=None) -> int:
         raise CommandError(f'{plans_file} has no configuration {args.c!r} (it has {", ".join(configurations)})')
 
     trainers = ['nnUNetTrainer'] + [t for t in (args.tr or default_trainers()) if t != 'nnUNetTrainer']
+    busy = busy_cpu_note() if args.device == 'cpu' else None
+    if busy:
+        print(f'nnUNetv2_mm_perf: warning: {busy}', file=sys.stderr, flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix='mm_perf_results_') as scratch:
         env = {**os.environ, 'nnUNet_results': scratch}  # the trainers' logs (fold_all) stay out of nnUNet_results
@@ -217,7 +232,8 @@ def main(argv=None) -> int:
     out = Path(args.o)
     out.mkdir(parents=True, exist_ok=True)
     header = (f'Dataset {args.d}, configuration {args.c}, device {args.device} ({device_description(args.device)}), '
-              f'median of {args.steps} steps after {args.warmup} warm-up steps, {time.strftime("%Y-%m-%d")}')
+              f'median of {args.steps} steps after {args.warmup} warm-up steps, {time.strftime("%Y-%m-%d")}'
+              + (f'; {busy}' if busy else ''))
     table = markdown_table(results, header)
     (out / 'perf.md').write_text(table)
     (out / 'perf.json').write_text(json.dumps({'settings': vars(args), 'results': results,
