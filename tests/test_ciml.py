@@ -262,7 +262,7 @@ def _loss_batch(seed=0, batch=3, ignore=False):
 
 
 @pytest.mark.parametrize('batch_dice', [True, False])
-@pytest.mark.parametrize('regions', [[1, 2], [0]])
+@pytest.mark.parametrize('regions', [[1, 2], [0], [0, 2], [2, 0]])
 def test_segmentor_loss_equals_nnunet_loss_on_the_sub_batch(batch_dice, regions):
     outputs, targets = _loss_batch()
     weights = [2 / 3, 1 / 3]
@@ -430,3 +430,18 @@ def test_gradcam_patch_crop_is_centred_and_zero_padded():
     assert patch.sum() == 2 * 3 * 6 * 4
     with pytest.raises(ValueError, match='3 coordinates'):
         _crop(data, (4, 8, 8), [1, 2])
+
+
+@pytest.mark.parametrize('regions', [[1, 2], [0, 2]])
+def test_segmentor_loss_has_no_host_synchronising_ops(regions):
+    """No advanced indexing (on a GPU a Python-list index is copied from the host), no nonzero/item: the loss of a
+    training step never waits for the GPU."""
+    from torch.profiler import ProfilerActivity, profile
+    outputs, targets = _loss_batch()
+    loss = SegmentorRegionLoss(batch_dice=False, ddp=False, deep_supervision_weights=[2 / 3, 1 / 3])
+    present = torch.tensor([True, False, True])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loss(outputs, targets, regions, present).backward()
+    ops = {e.key for e in prof.key_averages()}
+    assert not ops & {'aten::index', 'aten::nonzero', 'aten::item', 'aten::_local_scalar_dense', 'aten::is_nonzero'}
+    assert 'aten::binary_cross_entropy_with_logits' in ops  # the profile did see the loss

@@ -21,6 +21,16 @@ from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
 
+def region_channels(x: torch.Tensor, regions: Sequence[int]) -> torch.Tensor:
+    """Channels ``regions`` (in that order) of a (B, C, ...) tensor, by slicing: a view for a contiguous range, else
+    concatenated one-channel slices. Indexing with a Python list would copy the index to the device, one host
+    synchronisation per call on a GPU."""
+    regions = [int(r) for r in regions]
+    if regions == list(range(regions[0], regions[0] + len(regions))):
+        return x[:, regions[0]:regions[0] + len(regions)]
+    return torch.cat([x[:, r:r + 1] for r in regions], 1)
+
+
 class SegmentorRegionLoss(nn.Module):
     """nnU-Net's DC+BCE region loss on selected region channels of selected samples, with deep supervision.
 
@@ -57,8 +67,8 @@ class SegmentorRegionLoss(nn.Module):
 
     def _masked(self, out: torch.Tensor, tgt: torch.Tensor, regions: Sequence[int], present: torch.Tensor):
         """nnU-Net's loss of the sub-batch, computed on the whole batch with a (B, 1, ...) voxel mask."""
-        out = out[:, list(regions)]
-        target = tgt[:, list(regions)].to(torch.float32)
+        out = region_channels(out, regions)
+        target = region_channels(tgt, regions).to(torch.float32)
         mask = present.reshape((-1,) + (1,) * (tgt.ndim - 1)).expand(-1, 1, *tgt.shape[2:])
         if self.has_ignore_label:
             mask = mask & (tgt[:, -1:] == 0)

@@ -40,6 +40,7 @@ distributions are equal and >= 0 otherwise. Everything is evaluated from log-den
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Optional
 
 import torch
@@ -95,7 +96,7 @@ def neyman_chi2(log_p: torch.Tensor, log_q: torch.Tensor, dim: int) -> torch.Ten
 
 def jensen_shannon(log_p: torch.Tensor, log_q: torch.Tensor, dim: int) -> torch.Tensor:
     """``JS = 1/2 KL(p || m) + 1/2 KL(q || m)``, ``m = (p + q) / 2``; ``log m`` via ``logaddexp`` (no eps needed)."""
-    log_m = torch.logaddexp(log_p, log_q) - torch.log(torch.tensor(2.0, dtype=log_p.dtype, device=log_p.device))
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
     return 0.5 * ((log_p.exp() * (log_p - log_m)).sum(dim) + (log_q.exp() * (log_q - log_m)).sum(dim))
 
 
