@@ -1,5 +1,8 @@
 import json
+import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -24,7 +27,11 @@ def test_budget_verdict_uses_design_limits():
                                                   peak_memory_mb=100.0, predict_s=1.0),
                             'slow': dict(parameters=1e6, gflops_per_patch=2.0, step_s=1.4, peak_memory_mb=100.0,
                                          predict_s=1.0)}, 'header')
-    assert '| slow | 1.00 | 2.0 | 1.400 | – | 100 | 1.00 | 1.40 | – | 1.00 | 1.00 | NO |' in table
+    assert '| slow | – | 1.00 | 2.0 | 1.400 | – | 100 | 1.00 | 1.40 | – | 1.00 | 1.00 | NO |' in table
+    compiled = markdown_table({'nnUNetTrainer': dict(parameters=1e6, gflops_per_patch=2.0, step_s=1.0, compiled=True,
+                                                     peak_memory_mb=100.0, predict_s=1.0)}, 'header')
+    assert '| nnUNetTrainer | yes | 1.00 |' in compiled
+    assert 'compiled' not in ratios({'nnUNetTrainer': dict(step_s=1.0, compiled=True)})['nnUNetTrainer']
 
 
 def test_busy_cpu_note_flags_a_loaded_machine(monkeypatch):
@@ -48,6 +55,8 @@ def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):
     for figures in results.values():
         assert figures['parameters'] > 0 and figures['gflops_per_patch'] > 0
         assert figures['step_s'] > 0 and figures['step_cpu_s'] > 0 and figures['predict_s'] > 0 and figures['peak_memory_mb'] >= 0
+        assert figures['compiled'] is False  # nnU-Net never compiles on a CPU
+    assert report['complete'] is True
     # same network from the same plans: identical size and FLOPs
     assert results['nnUNetTrainer']['parameters'] == results['nnUNetTrainerModalityDropout']['parameters']
     assert results['nnUNetTrainer']['gflops_per_patch'] == results['nnUNetTrainerModalityDropout']['gflops_per_patch']
@@ -75,3 +84,36 @@ def test_perf_on_a_data_set_with_fewer_than_five_cases(tmp_path):
     assert list(json.loads((out / 'perf.json').read_text())['results']) == ['nnUNetTrainer',
                                                                            'nnUNetTrainerModalityDropout']
     assert not any((tmp_path / 'nnUNet_results').iterdir())
+
+
+def test_perf_rejects_an_unknown_trainer_before_measuring(nnunet_dataset, tmp_path):
+    out = tmp_path / 'perf'
+    result = subprocess.run(['nnUNetv2_mm_perf', '-d', str(DATASET_ID), '-c', nnunet_dataset.configuration, '-tr',
+                             'nnUNetTrainerModalityDropout', 'nnUNetTrainerNoSuchThing', '-device', 'cpu', '-o',
+                             str(out)], capture_output=True, text=True, env=nnunet_dataset.env, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        'nnUNetv2_mm_perf: error: unknown trainer nnUNetTrainerNoSuchThing: nnUNetv2_train finds no such class in '
+        'nnunetv2 or nnUNet_extTrainer']
+    assert 'measuring' not in result.stdout and not out.exists()
+
+
+def test_interrupted_perf_keeps_the_trainers_it_measured(nnunet_dataset, tmp_path):
+    """Ctrl-C after the first trainer: exit status 130, and perf.json/perf.md hold that trainer, marked partial."""
+    out = tmp_path / 'perf'
+    proc = subprocess.Popen(['nnUNetv2_mm_perf', '-d', str(DATASET_ID), '-c', nnunet_dataset.configuration, '-tr',
+                             'nnUNetTrainerModalityDropout', '--steps', '1', '--warmup', '0', '-device', 'cpu', '-o',
+                             str(out)], env=nnunet_dataset.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (out / 'perf.json').exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole foreground process group
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == 'nnUNetv2_mm_perf: interrupted'
+    report = json.loads((out / 'perf.json').read_text())
+    assert report['complete'] is False and list(report['results']) == ['nnUNetTrainer']
+    header = (out / 'perf.md').read_text().splitlines()[0]
+    assert header.endswith('(partial: 1 of 2 trainers measured)')
+    assert sorted(p.name for p in out.iterdir()) == ['perf.json', 'perf.md']  # no temporary file left behind

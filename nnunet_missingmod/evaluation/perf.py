@@ -13,9 +13,16 @@ temporary ``nnUNet_results``, never to the real one):
   threads that wait for a core spin: measure on a quiet machine, :func:`busy_cpu_note` warns otherwise);
 * peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the increase of the process's peak resident
   set size over the training steps (includes allocator caching, so treat small differences with care);
-* prediction: wall time of nnU-Net's sliding-window prediction of one preprocessed case (no mirroring).
+* prediction: wall time of nnU-Net's sliding-window prediction of one preprocessed case (no mirroring); on a GPU
+  after one untimed prediction of the same case, which autotunes cuDNN for the prediction's shapes and, for a
+  compiled network, compiles its inference graph;
+* compiled: whether the trainer wrapped its network in ``torch.compile`` (nnU-Net does on a GPU unless
+  ``nnUNet_compile`` says otherwise; this package's networks only when ``nnUNet_compile`` is true), since a compiled
+  and an eager network are not compared like for like: set ``nnUNet_compile`` to measure all alike.
 
-Results are printed and written as Markdown and JSON with the ratio of each figure to ``nnUNetTrainer``. By default
+Results are printed and written as Markdown and JSON with the ratio of each figure to ``nnUNetTrainer``; both files
+are rewritten after every trainer (atomically), so an interrupted run keeps what it measured, marked partial. Trainer
+names are checked before anything is measured, with ``nnUNetv2_train``'s lookup. By default
 ``nnUNetTrainer`` and every method trainer of this package are measured: the subclasses of
 ``nnUNetTrainerMissingModality`` found in ``nnunet_missingmod.training`` (see :func:`default_trainers`).
 """
@@ -47,7 +54,7 @@ def default_trainers() -> list[str]:
     return ['nnUNetTrainer'] + found
 
 
-FIGURES = ('parameters', 'gflops_per_patch', 'step_s', 'step_cpu_s', 'peak_memory_mb', 'predict_s')
+FIGURES = ('parameters', 'gflops_per_patch', 'step_s', 'step_cpu_s', 'peak_memory_mb', 'predict_s', 'compiled')
 #: the project's compute budget: the largest allowed ratio to ``nnUNetTrainer`` of each figure
 BUDGET = {'step_s': 1.3, 'peak_memory_mb': 1.5, 'predict_s': 1.3}
 
@@ -66,6 +73,7 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
     """All figures for one trainer (call in a fresh process for meaningful CPU memory figures)."""
     import numpy as np
     import torch
+    from torch._dynamo.eval_frame import OptimizedModule
     from torch.utils.flop_counter import FlopCounterMode
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.run.run_training import get_trainer_from_args
@@ -84,14 +92,15 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
     loader, _ = trainer.get_dataloaders()
     batch = next(loader)
     network = trainer.network
-    figures = {'parameters': sum(p.numel() for p in network.parameters())}
+    figures = {'parameters': sum(p.numel() for p in network.parameters()),
+               'compiled': isinstance(network, OptimizedModule)}
 
     patch = torch.zeros((1, trainer.num_input_channels, *trainer.configuration_manager.patch_size), device=dev)
     patch.normal_()
     network.eval()
     trainer.set_deep_supervision_enabled(False)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        network(patch)
+        getattr(network, '_orig_mod', network)(patch)  # the eager module: counting needs no compiled graph
     figures['gflops_per_patch'] = counter.get_total_flops() / 1e9
 
     trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
@@ -122,6 +131,9 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
     key = batch['keys'][0]
     data = trainer.dataset_class(trainer.preprocessed_dataset_folder, [key]).load_case(key)[0]
     data = torch.from_numpy(np.asarray(data[:]))
+    if dev.type == 'cuda':  # cuDNN autotuning and torch.compile's inference graph are one-off costs
+        predictor.predict_sliding_window_return_logits(data)
+        torch.cuda.synchronize()
     start = time.perf_counter()
     predictor.predict_sliding_window_return_logits(data)
     if dev.type == 'cuda':
@@ -131,9 +143,10 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
 
 
 def ratios(results: dict, reference: str = 'nnUNetTrainer') -> dict:
-    """Each figure divided by the reference trainer's figure (None where the reference is 0 or missing)."""
+    """Each numeric figure divided by the reference trainer's figure (None where the reference is 0 or missing)."""
     ref = results.get(reference)
-    return {t: {k: (v / ref[k] if ref and ref.get(k) else None) for k, v in r.items()} for t, r in results.items()}
+    return {t: {k: (v / ref[k] if ref and ref.get(k) else None) for k, v in r.items() if not isinstance(v, bool)}
+            for t, r in results.items()}
 
 
 def within_budget(ratio: dict) -> bool | None:
@@ -174,14 +187,15 @@ def busy_cpu_note(load: float | None = None, cpus: int | None = None) -> str | N
 def markdown_table(results: dict, header: str) -> str:
     rel = ratios(results)
     lines = [header, '',
-             '| trainer | params (M) | GFLOPs/patch | step (s) | step CPU (s) | peak mem (MB) | predict (s) | step × '
-             '| step CPU × | mem × | predict × | budget |',
-             '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
+             '| trainer | compiled | params (M) | GFLOPs/patch | step (s) | step CPU (s) | peak mem (MB) | predict (s) '
+             '| step × | step CPU × | mem × | predict × | budget |',
+             '|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
     for trainer, r in results.items():
         q = rel[trainer]
         fmt = lambda v: '–' if v is None else f'{v:.2f}'  # noqa: E731
         verdict = {True: 'yes', False: 'NO', None: '–'}[within_budget(q)]
-        lines.append(f"| {trainer} | {r['parameters'] / 1e6:.2f} | {r['gflops_per_patch']:.1f} | {r['step_s']:.3f} "
+        compiled = {True: 'yes', False: 'no'}.get(r.get('compiled'), '–')
+        lines.append(f"| {trainer} | {compiled} | {r['parameters'] / 1e6:.2f} | {r['gflops_per_patch']:.1f} | {r['step_s']:.3f} "
                      f"| {fmt(r.get('step_cpu_s'))} | {r['peak_memory_mb']:.0f} | {r['predict_s']:.2f} "
                      f"| {fmt(q['step_s'])} | {fmt(q.get('step_cpu_s'))} | {fmt(q['peak_memory_mb'])} "
                      f"| {fmt(q['predict_s'])} | {verdict} |")
@@ -213,9 +227,18 @@ def main(argv=None) -> int:
         raise CommandError(f'{plans_file} has no configuration {args.c!r} (it has {", ".join(configurations)})')
 
     trainers = ['nnUNetTrainer'] + [t for t in (args.tr or default_trainers()) if t != 'nnUNetTrainer']
+    unknown = [t for t in trainers if not trainer_exists(t)]
+    if unknown:
+        raise CommandError(f'unknown trainer {", ".join(unknown)}: nnUNetv2_train finds no such class in nnunetv2 '
+                           f'or nnUNet_extTrainer')
     busy = busy_cpu_note() if args.device == 'cpu' else None
     if busy:
         print(f'nnUNetv2_mm_perf: warning: {busy}', file=sys.stderr, flush=True)
+    header = (f'Dataset {args.d}, configuration {args.c}, device {args.device} ({device_description(args.device)}), '
+              f'median of {args.steps} steps after {args.warmup} warm-up steps, {time.strftime("%Y-%m-%d")}'
+              + (f'; {busy}' if busy else ''))
+    out = Path(args.o)
+    out.mkdir(parents=True, exist_ok=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix='mm_perf_results_') as scratch:
         env = {**os.environ, 'nnUNet_results': scratch}  # the trainers' logs (fold_all) stay out of nnUNet_results
@@ -229,17 +252,41 @@ def main(argv=None) -> int:
                 lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
                 raise CommandError(f'measuring {trainer} failed: {lines[-1] if lines else "no message"}')
             results[trainer] = json.loads(proc.stdout.strip().splitlines()[-1])
-    out = Path(args.o)
-    out.mkdir(parents=True, exist_ok=True)
-    header = (f'Dataset {args.d}, configuration {args.c}, device {args.device} ({device_description(args.device)}), '
-              f'median of {args.steps} steps after {args.warmup} warm-up steps, {time.strftime("%Y-%m-%d")}'
-              + (f'; {busy}' if busy else ''))
-    table = markdown_table(results, header)
-    (out / 'perf.md').write_text(table)
-    (out / 'perf.json').write_text(json.dumps({'settings': vars(args), 'results': results,
-                                               'ratios': ratios(results)}, indent=2))
-    print(table)
+            write_report(out, results, header, vars(args), len(trainers))
+    print((out / 'perf.md').read_text())
     return 0
+
+
+def trainer_exists(name: str) -> bool:
+    """Whether ``nnUNetv2_train -tr name`` finds a trainer class (nnU-Net's own lookup; its search log and the
+    deprecation warnings of the modules it imports silenced)."""
+    import contextlib
+    import io
+    import warnings
+
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunet_missingmod.env import enable_ext_trainers
+    enable_ext_trainers()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)
+            recursive_find_trainer_class_by_name(name)
+    except RuntimeError:
+        return False
+    return True
+
+
+def write_report(out: Path, results: dict, header: str, settings: dict, planned: int) -> None:
+    """(Re)write ``perf.md`` and ``perf.json`` atomically; the header says so while trainers are still to come."""
+    if len(results) < planned:
+        header += f' (partial: {len(results)} of {planned} trainers measured)'
+    files = {'perf.md': markdown_table(results, header),
+             'perf.json': json.dumps({'settings': settings, 'complete': len(results) >= planned, 'results': results,
+                                      'ratios': ratios(results)}, indent=2)}
+    for name, text in files.items():
+        tmp = out / f'.{name}.tmp'
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
 
 
 if __name__ == '__main__':
