@@ -445,3 +445,23 @@ def test_segmentor_loss_has_no_host_synchronising_ops(regions):
     ops = {e.key for e in prof.key_averages()}
     assert not ops & {'aten::index', 'aten::nonzero', 'aten::item', 'aten::_local_scalar_dense', 'aten::is_nonzero'}
     assert 'aten::binary_cross_entropy_with_logits' in ops  # the profile did see the loss
+
+
+def test_residual_encoder_segmentors_run_one_after_the_other():
+    """nnU-Net's ResEnc plans: the segmentors' encoders cannot be grouped, CIML runs them one segmentor after the
+    other and still gives every segmentor's logits and gradients into every present segmentor's encoder."""
+    kwargs = {k: v for k, v in ARCH_KWARGS.items() if k != 'n_conv_per_stage'}
+    kwargs['n_blocks_per_stage'] = [1, 1, 1]
+    arch = PlansArchitecture('dynamic_network_architectures.architectures.unet.ResidualEncoderUNet', kwargs,
+                             tuple(REQ))
+    torch.manual_seed(0)
+    net = CIMLNetwork.from_plans(arch, 4, 3, width_factor=0.5, deep_supervision=True, task_map=BRATS_INDEX_MAP)
+    assert type(net.segmentors[0].encoder).__name__ == 'ResidualEncoder'
+    availability = torch.tensor([[True, True, False, True], [False, True, True, True]])
+    seg, losses, extras = net(torch.randn(2, 4, PATCH, PATCH, PATCH), availability, full_output=True)
+    assert [tuple(s.shape) for s in seg] == [(2, 3, 8, 8, 8), (2, 3, 4, 4, 4)]
+    assert len(extras['segmentor_outputs']) == 4 and extras['segmentor_outputs'][2][0].shape == (2, 3, 8, 8, 8)
+    (sum(s.square().mean() for s in seg) + losses['kl']).backward()
+    for m in range(4):
+        grad = net.segmentors[m].encoder.stem.convs[0].conv.weight.grad
+        assert grad is not None and grad.abs().sum() > 0

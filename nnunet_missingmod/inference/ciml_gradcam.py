@@ -63,10 +63,12 @@ def complementary_information(network: CIMLNetwork, x: torch.Tensor, availabilit
                 logits = outputs[m][0][0, k]
                 region = predicted[0, k]
                 y = logits[region].sum() if bool(region.any()) else logits.sum()
-                grads = torch.autograd.grad(y, representations, retain_graph=True)
+                # the gate aligns the sum of its representations, so each one's gradient is that of the sum
+                grad = torch.autograd.grad(y, gate.last['representation_sum'], retain_graph=True)[0]
+                g = grad[0, gate.last['slot']]
                 heat = {}
-                for j, a, g in zip(others, representations, grads):
-                    alpha = g[0].flatten(1).mean(1)                                   # Eq. 15
+                for j, a in zip(others, representations):
+                    alpha = g.flatten(1).mean(1)                                      # Eq. 15
                     zeta = torch.relu((alpha[:, None] * a[0].detach().flatten(1)).sum(0))  # Eq. 14
                     heat[modality_labels[j]] = zeta.reshape(a.shape[2:])
                 total = sum(float(h.sum()) for h in heat.values())

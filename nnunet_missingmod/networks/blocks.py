@@ -10,6 +10,7 @@ from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecod
 from torch import nn
 
 from nnunet_missingmod.losses.information_bottleneck import gaussian_kl_standard_normal
+from nnunet_missingmod.networks.grouped import grouped_forward
 
 #: CIML's message fusion variants of the paper's Table 5 (``'none'``: no gate at all)
 MESSAGE_FUSIONS = ('none', 'plain', 'attention', 'vi', 'attention_vi')
@@ -94,45 +95,66 @@ class CIGModule(nn.Module):
             self.align = conv_op(channels, channels, 1, 1, 0, bias=False)
         self.last: Dict[str, object] = {}
 
-    @staticmethod
-    def _pool(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat((t.mean(1, keepdim=True), t.amax(1, keepdim=True)), 1)
-
     def forward(self, local: torch.Tensor, messages: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """``local`` (B, C, ...); ``messages`` K tensors (B, C, ...); ``mask`` (B, K) float, 1 = message present."""
-        shape = (mask.shape[0], mask.shape[1]) + (1,) * (local.ndim - 2)
-        mask_b = mask.reshape(shape).to(local.dtype)
-        stacked = torch.stack(tuple(messages), 1) * mask_b.unsqueeze(2)       # (B, K, C, ...), missing -> 0
-        self.last = {}
-        if self.message_fusion == 'plain':
-            return local + self.plain(stacked.flatten(1, 2))
-        if self.use_attention:
-            pooled = torch.cat([self._pool(local)] + [self._pool(stacked[:, j]) for j in range(self.num_messages)], 1)
-            attention = self.attention(pooled) * mask_b                       # (B, K, ...)
-        else:
-            attention = mask_b.expand(-1, -1, *local.shape[2:])
-        self.last['attention'] = attention
-        weighted = stacked * attention.unsqueeze(2)
-        if self.use_vi:
-            stats = self.mu_logvar(weighted.flatten(1, 2)).unflatten(1, (self.num_messages, 2, self.channels))
-            mu, logvar = stats[:, :, 0], stats[:, :, 1]
-            if self.training:
-                z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-            else:
-                z = mu
-            z = z * mask_b.unsqueeze(2)
-            self.last.update(mu=mu, logvar=logvar)
-        else:
-            z = weighted
-        representations = z.unbind(1)
-        self.last['representations'] = representations
-        return local + self.align(sum(representations))
+        return run_gates([self], local.unsqueeze(1), torch.stack(tuple(messages), 1).unsqueeze(1),
+                         mask.unsqueeze(1))[:, 0]
 
     def kl_per_sample(self, mask: torch.Tensor) -> torch.Tensor:
         """(B,) KL of this gate's complementary representations to N(0, I) in nats: summed over the present
         messages (``mask`` (B, K)), channels and voxels; float32. A sample without a present message gives 0."""
         kl = gaussian_kl_standard_normal(self.last['mu'], self.last['logvar'], reduction='none').flatten(2).sum(-1)
         return (kl * mask.to(kl.dtype)).sum(1)                                # (B, K) -> (B,)
+
+
+def _channel_pool(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean and max over the channel axis ``dim``, stacked in its place (CIG_Attention's pooled maps)."""
+    return torch.stack((t.mean(dim), t.amax(dim)), dim)
+
+
+def run_gates(gates: Sequence[CIGModule], local: torch.Tensor, messages: torch.Tensor,
+              mask: torch.Tensor) -> torch.Tensor:
+    """``M`` gates of equal structure (the gates of one decoder stage of CIML's ``M`` segmentors) as one grouped
+    pass (:func:`~nnunet_missingmod.networks.grouped.grouped_forward`: every convolution one convolution with
+    ``groups = M``): ``local`` (B, M, C, ...), ``messages`` (B, M, K, C, ...), ``mask`` (B, M, K), gate ``m`` on
+    ``local[:, m]``, ``messages[:, m]``, ``mask[:, m]``; returns the gated features (B, M, C, ...).
+
+    After the call each gate's :attr:`CIGModule.last` holds its share: ``'attention'`` (B, K, ...), ``'mu'`` and
+    ``'logvar'`` (B, K, C, ...), ``'representations'`` (K tensors (B, C, ...)), and ``'representation_sum'``, the
+    (B, M, C, ...) sum over messages that the alignment convolution receives, of which the gate's is slot
+    ``'slot'`` (the tensor in the graph: gradients of the output with respect to a gate's summed representation,
+    Grad-CAM's Eq. 15, are taken there).
+    """
+    first = gates[0]
+    b, m, k, c = messages.shape[:4]
+    spatial = local.shape[3:]
+    mask_b = mask.reshape(b, m, k, *(1,) * len(spatial)).to(local.dtype)
+    stacked = messages * mask_b.unsqueeze(3)                                   # missing messages -> 0
+    if first.message_fusion == 'plain':
+        for gate in gates:
+            gate.last = {}
+        return local + grouped_forward([g.plain for g in gates], stacked.flatten(1, 3)).unflatten(1, (m, c))
+    if first.use_attention:
+        pooled = torch.cat((_channel_pool(local, 2), _channel_pool(stacked, 3).flatten(2, 3)), 2)  # (B, M, 2(K+1))
+        attention = grouped_forward([g.attention for g in gates], pooled.flatten(1, 2)).unflatten(1, (m, k)) * mask_b
+    else:
+        attention = mask_b.expand(-1, -1, -1, *spatial)
+    weighted = stacked * attention.unsqueeze(3)
+    mu = logvar = None
+    if first.use_vi:
+        stats = grouped_forward([g.mu_logvar for g in gates], weighted.flatten(1, 3)).unflatten(1, (m, k, 2, c))
+        mu, logvar = stats[:, :, :, 0], stats[:, :, :, 1]
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if first.training else mu
+        z = z * mask_b.unsqueeze(3)
+    else:
+        z = weighted
+    summed = z.sum(2)                                                          # (B, M, C, ...)
+    for i, gate in enumerate(gates):
+        gate.last = {'attention': attention[:, i], 'representations': z[:, i].unbind(1),
+                     'representation_sum': summed, 'slot': i}
+        if mu is not None:
+            gate.last.update(mu=mu[:, i], logvar=logvar[:, i])
+    return local + grouped_forward([g.align for g in gates], summed.flatten(1, 2)).unflatten(1, (m, c))
 
 
 # ----------------------------------------------------------------------------------------------- gated decoder

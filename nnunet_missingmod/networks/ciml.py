@@ -81,7 +81,7 @@ from torch import nn
 
 from nnunet_missingmod.modalities import modality_index, modality_names
 from nnunet_missingmod.networks.base import MissingModalityNetwork
-from nnunet_missingmod.networks.blocks import MESSAGE_FUSIONS, CIGModule, GatedUNetDecoder
+from nnunet_missingmod.networks.blocks import MESSAGE_FUSIONS, CIGModule, GatedUNetDecoder, run_gates
 from nnunet_missingmod.networks.grouped import grouped_forward
 from nnunet_missingmod.networks.outputs import NetworkOutput
 from nnunet_missingmod.networks.plans import PlansArchitecture
@@ -186,6 +186,10 @@ class CIMLNetwork(MissingModalityNetwork):
         for m, task in enumerate(self.task_map):
             primary[m, task] = 1.0
         self.register_buffer('primary', primary, persistent=False)
+        others = [[j for j in range(num_modalities) if j != m] for m in range(num_modalities)]
+        #: (M, M - 1) the segmentors that send messages to segmentor m, a device index (gathers without host sync)
+        self.register_buffer('others', torch.tensor(others, dtype=torch.long).reshape(num_modalities, -1),
+                             persistent=False)
         self.cigs = nn.ModuleList()
         if message_fusion != 'none' and num_modalities > 1:
             for seg in self.segmentors:
@@ -210,13 +214,38 @@ class CIMLNetwork(MissingModalityNetwork):
         weights = torch.where(has_primary, primary, fallback)
         return weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
 
-    def _encode(self, x: torch.Tensor) -> List[List[torch.Tensor]]:
-        """Per segmentor its encoder's skips; plain-conv encoders in one grouped pass, other encoders in turn."""
+    def _segmentor_logits(self, x: torch.Tensor, avail: torch.Tensor) -> List[torch.Tensor]:
+        """All segmentors' logits, one (B, M, R, ...) tensor per output level, highest resolution first.
+
+        Plain-conv segmentors (the plans' ``PlainConvUNet``) run as one grouped pass, encoders, gates and decoders
+        alike (:meth:`_grouped_segmentors`); other encoder types one segmentor after the other."""
         encoders = [s.encoder for s in self.segmentors]
-        if not isinstance(encoders[0], PlainConvEncoder):
-            return [encoder(x[:, m:m + 1]) for m, encoder in enumerate(encoders)]
-        levels = [s.unflatten(1, (self.num_modalities, -1)) for s in grouped_forward(encoders, x)]
-        return [[level[:, m] for level in levels] for m in range(self.num_modalities)]
+        if isinstance(encoders[0], PlainConvEncoder):
+            return self._grouped_segmentors(grouped_forward(encoders, x), avail)
+        skips = [encoder(x[:, m:m + 1]) for m, encoder in enumerate(encoders)]
+        per_segmentor = [self._decode(m, skips, avail) for m in range(self.num_modalities)]
+        return [torch.stack(level, 1) for level in zip(*per_segmentor)]
+
+    def _grouped_segmentors(self, levels: List[torch.Tensor], avail: torch.Tensor) -> List[torch.Tensor]:
+        """:meth:`_decode` of every segmentor at once on the grouped encoder's skips ``levels`` ((B, M * C, ...),
+        channels grouped by segmentor): per decoder stage one grouped pass of the ``M`` gates
+        (:func:`~nnunet_missingmod.networks.blocks.run_gates`, messages gathered with the (M, M - 1) index of the
+        other segmentors), of the transposed convolutions, of the conv blocks and of the segmentation layers."""
+        num = self.num_modalities
+        decoders = [s.decoder for s in self.segmentors]
+        last = len(decoders[0].stages) - 1
+        lres, outputs = levels[-1], []
+        for s in range(last + 1):
+            if len(self.cigs):
+                messages = levels[-(s + 1)].unflatten(1, (num, -1))[:, self.others]        # (B, M, M - 1, C, ...)
+                lres = run_gates([gates[s] for gates in self.cigs], lres.unflatten(1, (num, -1)), messages,
+                                 avail[:, self.others]).flatten(1, 2)
+            up = grouped_forward([d.transpconvs[s] for d in decoders], lres).unflatten(1, (num, -1))
+            skip = levels[-(s + 2)].unflatten(1, (num, -1))
+            lres = grouped_forward([d.stages[s] for d in decoders], torch.cat((up, skip), 2).flatten(1, 2))
+            if decoders[0].deep_supervision or s == last:
+                outputs.append(grouped_forward([d.seg_layers[s] for d in decoders], lres).unflatten(1, (num, -1)))
+        return outputs[::-1]
 
     def _decode(self, m: int, skips: List[List[torch.Tensor]], avail: torch.Tensor) -> List[torch.Tensor]:
         """Segmentor ``m``'s decoder on its own skips, its gate ``s`` receiving the other segmentors' encoder
@@ -233,14 +262,13 @@ class CIMLNetwork(MissingModalityNetwork):
 
     def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor) -> NetworkOutput:
         avail = availability.to(x.dtype)
-        skips = self._encode(x)
-        per_segmentor = [self._decode(m, skips, avail) for m in range(self.num_modalities)]
+        stacked_levels = self._segmentor_logits(x, avail)                          # (B, M, R, ...) per level
+        per_segmentor = [[level[:, m] for level in stacked_levels] for m in range(self.num_modalities)]
         weights = self.combination_weights(availability).to(x.dtype)
         absent = (weights.sum(1) == 0).to(x.dtype) * ABSENT_LOGIT                 # (B, R), only without fallback
         fused = []
-        for level in range(len(per_segmentor[0])):
-            w = weights.reshape(weights.shape + (1,) * (x.ndim - 2))
-            stacked = torch.stack([out[level] for out in per_segmentor], 1)    # (B, M, R, ...)
+        w = weights.reshape(weights.shape + (1,) * (x.ndim - 2))
+        for stacked in stacked_levels:
             fused.append((stacked * w).sum(1) + absent.reshape(absent.shape + (1,) * (x.ndim - 2)))
         losses, extras = {}, {'segmentor_outputs': per_segmentor, 'combination_weights': weights}
         if self.training and self.message_fusion in ('vi', 'attention_vi') and len(self.cigs):
