@@ -2,12 +2,13 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 from conftest import DATASET_ID, nnunet_environment, run, synthetic_raw_dataset
-from nnunet_missingmod.evaluation.perf import busy_cpu_note, markdown_table, ratios, within_budget
+from nnunet_missingmod.evaluation.perf import busy_cpu_note, busy_cpus, markdown_table, ratios, within_budget
 
 
 def test_ratios_are_relative_to_nnunet_trainer():
@@ -35,13 +36,27 @@ def test_budget_verdict_uses_design_limits():
 
 
 def test_busy_cpu_note_flags_a_loaded_machine(monkeypatch):
-    assert busy_cpu_note(load=0.3, cpus=2) is None
-    note = busy_cpu_note(load=4.2, cpus=2)
-    assert note.startswith('load average 4.2 on 2 CPUs') and 'unreliable' in note
-    assert busy_cpu_note(load=0.99, cpus=2) is None and busy_cpu_note(load=1.0, cpus=2) is not None
-    monkeypatch.setattr('os.getloadavg', lambda: (7.5, 0.0, 0.0))
+    assert busy_cpu_note(busy=0.3, cpus=2) is None
+    note = busy_cpu_note(busy=4.2, cpus=2)
+    assert note.startswith('4.2 of 2 CPUs busy') and 'unreliable' in note
+    assert busy_cpu_note(busy=0.99, cpus=2) is None and busy_cpu_note(busy=1.0, cpus=2) is not None
+    monkeypatch.setattr('nnunet_missingmod.evaluation.perf.busy_cpus', lambda: 7.5)
     monkeypatch.setattr('os.cpu_count', lambda: 4)
-    assert busy_cpu_note().startswith('load average 7.5 on 4 CPUs')
+    assert busy_cpu_note().startswith('7.5 of 4 CPUs busy')
+
+
+def test_busy_cpus_sees_a_running_job_and_forgets_an_ended_one():
+    """A busy loop in another process counts as (about) one busy CPU while it runs; once it has ended it no longer
+    counts, where the load average would remember it for minutes."""
+    loop = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+    try:
+        time.sleep(0.3)
+        running = busy_cpus(1.0)
+    finally:
+        loop.kill()
+        loop.wait()
+    ended = busy_cpus(1.0)
+    assert running >= 0.7 and running - ended >= 0.6, (running, ended)
 
 
 def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):

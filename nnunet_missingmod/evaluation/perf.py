@@ -172,16 +172,34 @@ def device_description(device: str) -> str:
     return f'{model}, {torch.get_num_threads()} threads'
 
 
-def busy_cpu_note(load: float | None = None, cpus: int | None = None) -> str | None:
-    """A note when other work is running (1-minute load average at least half the number of CPUs), else None.
+def busy_cpus(interval: float = 1.0) -> float:
+    """How many CPUs other work keeps busy now: the non-idle share of the machine's CPU time over ``interval``
+    seconds (``/proc/stat``) times the number of CPUs; where there is no ``/proc/stat``, the 1-minute load average.
+    Unlike the load average it forgets a job that ended before the measurement (e.g. the previous measurement)."""
+    def sample() -> tuple[int, int]:
+        with open('/proc/stat') as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(ticks), ticks[3] + ticks[4]
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    total = total1 - total0
+    return 0.0 if total <= 0 else (1 - (idle1 - idle0) / total) * (os.cpu_count() or 1)
+
+
+def busy_cpu_note(busy: float | None = None, cpus: int | None = None) -> str | None:
+    """A note when other work is running (:func:`busy_cpus` at least half the number of CPUs), else None.
 
     nnU-Net's CPU processes each run one torch thread per core, so a measurement beside another job oversubscribes
     the CPU: waiting OpenMP threads spin, and wall *and* CPU times grow (by up to 100x, measured on 2 cores)."""
-    load = os.getloadavg()[0] if load is None else load
+    busy = busy_cpus() if busy is None else busy
     cpus = cpus or os.cpu_count() or 1
-    if load < 0.5 * cpus:
+    if busy < 0.5 * cpus:
         return None
-    return f'load average {load:.1f} on {cpus} CPUs at the start: other jobs were running, the timings are unreliable'
+    return f'{busy:.1f} of {cpus} CPUs busy at the start: other jobs were running, the timings are unreliable'
 
 
 def markdown_table(results: dict, header: str) -> str:

@@ -57,8 +57,9 @@ Missing modalities (our extension of the paper)
 -----------------------------------------------
 * Every segmentor runs for every sample (its input is zero when its modality is missing); missing modalities are
   handled by masks, never by skipping modules, so every parameter receives a gradient each step (DDP with
-  ``find_unused_parameters=False``). The segmentors' encoders (plain-conv encoders of equal shape, one input
-  channel each) run as one grouped pass over all modalities (:mod:`nnunet_missingmod.networks.grouped`).
+  ``find_unused_parameters=False``). The segmentors (plain-conv U-Nets of equal shape, one input channel each)
+  run as one grouped pass over all modalities, encoders, gates and decoders alike
+  (:mod:`nnunet_missingmod.networks.grouped`): one kernel per layer for all segmentors, no loop over them.
 * A missing modality sends no message: its encoder features are multiplied by 0 before the gate, its attention
   map is multiplied by 0 and its complementary representation (mu or sample) by 0. Its segmentor drops out of the
   average. The output therefore does not depend on a missing modality's input at all, and no loss sends a
