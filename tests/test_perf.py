@@ -119,7 +119,9 @@ def test_interrupted_perf_keeps_the_trainers_it_measured(nnunet_dataset, tmp_pat
     proc = subprocess.Popen(['nnUNetv2_mm_perf', '-d', str(DATASET_ID), '-c', nnunet_dataset.configuration, '-tr',
                              'nnUNetTrainerModalityDropout', '--steps', '1', '--warmup', '0', '-device', 'cpu', '-o',
                              str(out)], env=nnunet_dataset.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            # a shell's background job ignores SIGINT, and Python keeps an inherited SIG_IGN
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 600
     while not (out / 'perf.json').exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -27,7 +27,9 @@ _CHANNELWISE = (nn.LeakyReLU, nn.ReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.
 
 
 def _cat(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
-    return None if tensors[0] is None else torch.cat(list(tensors), 0)
+    if tensors[0] is None or len(tensors) == 1:      # one copy (e.g. a lone CIG gate): its own tensor, no copy
+        return tensors[0]
+    return torch.cat(list(tensors), 0)
 
 
 def _conv(modules: Sequence[_ConvNd], x: torch.Tensor) -> torch.Tensor:
