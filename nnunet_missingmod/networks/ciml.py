@@ -236,11 +236,12 @@ class CIMLNetwork(MissingModalityNetwork):
         decoders = [s.decoder for s in self.segmentors]
         last = len(decoders[0].stages) - 1
         lres, outputs = levels[-1], []
+        mask = avail[:, self.others]                                                        # (B, M, M - 1)
         for s in range(last + 1):
             if len(self.cigs):
                 messages = levels[-(s + 1)].unflatten(1, (num, -1))[:, self.others]        # (B, M, M - 1, C, ...)
                 lres = run_gates([gates[s] for gates in self.cigs], lres.unflatten(1, (num, -1)), messages,
-                                 avail[:, self.others]).flatten(1, 2)
+                                 mask).flatten(1, 2)
             up = grouped_forward([d.transpconvs[s] for d in decoders], lres).unflatten(1, (num, -1))
             skip = levels[-(s + 2)].unflatten(1, (num, -1))
             lres = grouped_forward([d.stages[s] for d in decoders], torch.cat((up, skip), 2).flatten(1, 2))
@@ -254,7 +255,7 @@ class CIMLNetwork(MissingModalityNetwork):
         gate = None
         if len(self.cigs):
             others = [j for j in range(self.num_modalities) if j != m]
-            cigs, mask = self.cigs[m], avail[:, others]
+            cigs, mask = self.cigs[m], avail[:, self.others[m]]
 
             def gate(s: int, local: torch.Tensor) -> torch.Tensor:
                 return cigs[s](local, [skips[j][-(s + 1)] for j in others], mask)
@@ -281,8 +282,7 @@ class CIMLNetwork(MissingModalityNetwork):
         """(loss term, nats per sample) of the last forward's gates, summed over segmentors (module docstring)."""
         term, nats = 0.0, 0.0
         for m in range(self.num_modalities):
-            others = [j for j in range(self.num_modalities) if j != m]
-            per_sample = sum(cig.kl_per_sample(avail[:, others]) for cig in self.cigs[m])    # (B,) float32
+            per_sample = sum(cig.kl_per_sample(avail[:, self.others[m]]) for cig in self.cigs[m])  # (B,) float32
             receiver = avail[:, m].float()
             kl_m = (per_sample * receiver).sum() / receiver.sum().clamp_min(1.0)
             elements = num_voxels * (len(self.task_map[m]) or self.num_regions)
