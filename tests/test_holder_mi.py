@@ -210,6 +210,63 @@ def test_modality_specific_norm_has_one_affine_per_modality(tmp_path):
     assert shared.modality_affines == []
 
 
+def _saved_bytes(output: torch.Tensor) -> int:
+    """Bytes of the distinct storages that autograd keeps for the backward of ``output``."""
+    seen, total, stack, visited = set(), 0, [output.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in visited:
+            continue
+        visited.add(fn)
+        for name in dir(fn):
+            value = getattr(fn, name) if name.startswith('_saved_') else None
+            if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() not in seen:
+                seen.add(value.untyped_storage().data_ptr())
+                total += value.untyped_storage().nbytes()
+        stack.extend(n for n, _ in fn.next_functions)
+    return total
+
+
+@pytest.mark.parametrize('norm_op', [torch.nn.InstanceNorm3d, torch.nn.GroupNorm])
+def test_modality_norm_equals_one_norm_per_modality(norm_op):
+    """Every row is normalised as by its own modality's norm with affine (written out with torch's layers), in
+    value and in gradient; the instance norm with its per-modality affine keeps for backward no more than one plain
+    instance norm does (no second copy of the normalised tensor)."""
+    from nnunet_missingmod.networks.modality_norm import make_norms_modality_specific
+    torch.manual_seed(0)
+    channels, rows = 6, torch.tensor([2, 0, 2, 1])
+    make = (lambda: torch.nn.InstanceNorm3d(channels, affine=True)) if norm_op is torch.nn.InstanceNorm3d else \
+        (lambda: torch.nn.GroupNorm(3, channels))
+    holder = torch.nn.Sequential(make())
+    make_norms_modality_specific(holder, norm_op, 3)
+    norm = holder[0].double()
+    with torch.no_grad():
+        norm[1].weight.copy_(torch.rand(3, channels, dtype=torch.float64) + 0.5)
+        norm[1].bias.copy_(torch.randn(3, channels, dtype=torch.float64))
+    references = [make().double() for _ in range(3)]
+    for m, ref in enumerate(references):
+        with torch.no_grad():
+            ref.weight.copy_(norm[1].weight[m])
+            ref.bias.copy_(norm[1].bias[m])
+    x = torch.randn(4, channels, 5, 4, 3, dtype=torch.float64) * 3 + 1
+    x_ref = x.clone().requires_grad_(True)
+    x.requires_grad_(True)
+    norm[1].rows = rows
+    out = norm(x)
+    expected = torch.cat([references[m](x_ref[i:i + 1]) for i, m in enumerate(rows.tolist())])
+    torch.testing.assert_close(out, expected)
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    (expected * g).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    for m, ref in enumerate(references):
+        torch.testing.assert_close(norm[1].weight.grad[m], ref.weight.grad)
+        torch.testing.assert_close(norm[1].bias.grad[m], ref.bias.grad)
+    if norm_op is torch.nn.InstanceNorm3d:
+        plain = torch.nn.InstanceNorm3d(channels, affine=True).double()
+        assert _saved_bytes(norm(x * 1)) <= _saved_bytes(plain(x * 1))
+
+
 def test_holder_loss_softmax_labels_with_ignore():
     trainer = object.__new__(hm.nnUNetTrainerHolderMI)   # only what holder_loss needs
     trainer.label_manager = LabelManager({'background': 0, 'a': 1, 'b': 2, 'ignore': 3}, None)
