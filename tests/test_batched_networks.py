@@ -163,7 +163,7 @@ def test_ciml_grouped_segmentors_equal_one_segmentor_after_the_other_on_all_15_m
     for xb, mb in [(x, masks)] + [(x[i:i + 1], masks[i:i + 1]) for i in (0, 7, 14)]:
         seg, losses, extras = net(xb, mb, full_output=True)
         kl = [[cig.kl_per_sample(mb[:, [j for j in range(4) if j != m]]) for cig in net.cigs[m]]
-              for m in range(4)] if fusion in ('vi', 'attention_vi') else []
+              for m in range(4)] if training and fusion in ('vi', 'attention_vi') else []
         reference = reference_ciml_segmentors(net, xb, mb.double())
         for m, outputs in enumerate(extras['segmentor_outputs']):
             for a, r in zip(outputs, reference):

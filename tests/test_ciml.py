@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from conftest import free_port
 from nnunet_missingmod.modalities import all_subsets, subset_to_mask
 from nnunet_missingmod.losses.ciml import SegmentorRegionLoss
+from nnunet_missingmod.losses.information_bottleneck import reparameterised_sample_with_kl
 from nnunet_missingmod.networks.blocks import CIGModule
 from nnunet_missingmod.networks.ciml import BRATS_TASK_MAP, CIMLNetwork, check_task_map, resolve_task_map
 from nnunet_missingmod.networks.plans import PlansArchitecture
@@ -70,18 +71,26 @@ def test_cig_kl_closed_form_nats_per_sample():
     # (B=2, K=2, C=2, 2, 2, 1): every (sample, message) holds the four values below in each of its 2 channels
     mu = torch.tensor([1.0, 0.0, -2.0, 0.5]).reshape(1, 1, 1, 2, 2, 1).expand(2, 2, 2, 2, 2, 1).contiguous()
     logvar = torch.tensor([0.0, math.log(2.0), 0.0, -1.0]).reshape(1, 1, 1, 2, 2, 1).expand(2, 2, 2, 2, 2, 1)
-    cig.last = {'mu': mu, 'logvar': logvar.contiguous()}
+    _, kl = reparameterised_sample_with_kl(mu, logvar.contiguous(), torch.randn_like(mu), start_dim=2)
+    cig.last = {'kl': kl}
     # per element 0.5 * (mu^2 + var - 1 - logvar), summed over 2 channels x 4 voxels x present messages
     four = 0.5 * 1 + 0.5 * (2 - 1 - math.log(2)) + 0.5 * 4 + 0.5 * (0.25 + math.exp(-1) - 1 + 1)
     full = cig.kl_per_sample(torch.ones(2, 2))
     assert full.dtype == torch.float32 and full.shape == (2,)
     assert full.tolist() == pytest.approx([4 * four, 4 * four], rel=1e-6)
     # masked messages do not count, even with huge values; nothing present -> exactly 0
-    cig.last['mu'] = mu.clone()
-    cig.last['mu'][0, 1] = 100.0
+    cig.last['kl'] = kl.clone()
+    cig.last['kl'][0, 1] = 1e30
     assert cig.kl_per_sample(torch.tensor([[1.0, 0.0], [1.0, 1.0]])).tolist() == pytest.approx([2 * four, 4 * four],
                                                                                                 rel=1e-6)
     assert cig.kl_per_sample(torch.zeros(2, 2)).tolist() == [0.0, 0.0]
+    # the gate's own training forward stores the KL of its messages; an inference forward stores none
+    local, messages = torch.randn(2, 2, 4, 4, 4), [torch.randn(2, 2, 4, 4, 4) for _ in range(2)]
+    cig.train()(local, messages, torch.ones(2, 2))
+    assert cig.last['kl'].shape == (2, 2) and bool((cig.last['kl'] > 0).all())
+    cig.eval()(local, messages, torch.ones(2, 2))
+    with pytest.raises(RuntimeError, match='training forward'):
+        cig.kl_per_sample(torch.ones(2, 2))
 
 
 def test_network_kl_is_nats_per_sample_and_rescaled_per_output_element():

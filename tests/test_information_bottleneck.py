@@ -1,11 +1,13 @@
 """Losses of SMSN's information-bottleneck fusion: KL (Eq. 5), masked reconstruction (Eq. 6), orthogonality."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from conftest import saved_tensor_bytes
 from nnunet_missingmod.losses.information_bottleneck import gaussian_kl_standard_normal, \
-    masked_reconstruction_loss, orthogonality_loss
+    masked_reconstruction_loss, orthogonality_loss, reparameterised_sample_with_kl
 
 
 def test_kl_closed_form_matches_monte_carlo():
@@ -42,6 +44,47 @@ def test_kl_is_float32_and_finite_for_half_inputs():
 def test_kl_rejects_unknown_reduction():
     with pytest.raises(ValueError, match='reduction'):
         gaussian_kl_standard_normal(torch.zeros(1), torch.zeros(1), 'max')
+
+
+def test_sample_with_kl_values_and_derivatives():
+    """z = mu + sigma * eps and the KL summed from start_dim (written out per element); its derivatives against
+    finite differences (gradcheck, float64, both outputs)."""
+    torch.manual_seed(0)
+    mu = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    logvar = (torch.randn(2, 3, 4, 5, dtype=torch.float64) * 0.5).requires_grad_(True)
+    eps = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    z, kl = reparameterised_sample_with_kl(mu, logvar, eps, start_dim=2)
+    assert z.dtype == kl.dtype == torch.float64 and kl.shape == (2, 3)
+    m, v, e = mu.detach().numpy(), logvar.detach().numpy(), eps.numpy()
+    np.testing.assert_allclose(z.detach().numpy(), m + np.sqrt(np.exp(v)) * e, rtol=1e-12)
+    per_element = 0.5 * (m ** 2 + np.exp(v) - 1 - v)
+    np.testing.assert_allclose(kl.detach().numpy(), per_element.reshape(2, 3, -1).sum(-1), rtol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, b: reparameterised_sample_with_kl(a, b, eps, 1), (mu, logvar))
+    # the standard normal itself: KL exactly 0, and only the sample's path carries a gradient
+    zero_mu, zero_logvar = torch.zeros(3, 4, requires_grad=True), torch.zeros(3, 4, requires_grad=True)
+    _, kl0 = reparameterised_sample_with_kl(zero_mu, zero_logvar, torch.randn(3, 4), 1)
+    assert kl0.tolist() == [0.0, 0.0, 0.0]
+    kl0.sum().backward()
+    assert zero_mu.grad.abs().max() == 0 and zero_logvar.grad.abs().max() == 0
+
+
+def test_sample_with_kl_half_inputs_and_memory():
+    """float16 mu/logvar: the KL in float32 and finite where exp(logvar) overflows float16; the node keeps mu,
+    logvar and eps only, less than the composition with autograd (which keeps sigma and exp(logvar) too)."""
+    mu = torch.full((2, 3), 2.0, dtype=torch.float16)
+    logvar = torch.full((2, 3), 12.0, dtype=torch.float16)
+    z, kl = reparameterised_sample_with_kl(mu, logvar, torch.zeros(2, 3, dtype=torch.float16), 1)
+    assert z.dtype == torch.float16 and kl.dtype == torch.float32
+    assert kl[0].item() == pytest.approx(3 * 0.5 * (4.0 + math.exp(12.0) - 1.0 - 12.0), rel=1e-5)
+    stats = torch.randn(2, 2, 8, 16, 16, 16, requires_grad=True)        # a conv output holding mu and logvar
+    mu, logvar, eps = stats[:, 0], stats[:, 1], torch.randn(2, 8, 16, 16, 16)
+    z, kl = reparameterised_sample_with_kl(mu, logvar, eps, 1)
+    composed_z = mu + torch.exp(0.5 * logvar) * eps
+    composed_kl = gaussian_kl_standard_normal(mu, logvar, 'none').flatten(1).sum(1)
+    torch.testing.assert_close(z, composed_z)
+    torch.testing.assert_close(kl, composed_kl)
+    assert saved_tensor_bytes(z.sum() + kl.sum()) == stats.nbytes + eps.nbytes
+    assert saved_tensor_bytes(composed_z.sum() + composed_kl.sum()) >= stats.nbytes + eps.nbytes + 2 * mu.nbytes
 
 
 def test_masked_reconstruction_value_and_zero_gradient_for_missing():

@@ -9,7 +9,7 @@ import torch
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from torch import nn
 
-from nnunet_missingmod.losses.information_bottleneck import gaussian_kl_standard_normal
+from nnunet_missingmod.losses.information_bottleneck import reparameterised_sample_with_kl
 from nnunet_missingmod.networks.grouped import grouped_forward
 
 #: CIML's message fusion variants of the paper's Table 5 (``'none'``: no gate at all)
@@ -101,10 +101,13 @@ class CIGModule(nn.Module):
                          mask.unsqueeze(1))[:, 0]
 
     def kl_per_sample(self, mask: torch.Tensor) -> torch.Tensor:
-        """(B,) KL of this gate's complementary representations to N(0, I) in nats: summed over the present
-        messages (``mask`` (B, K)), channels and voxels; float32. A sample without a present message gives 0."""
-        kl = gaussian_kl_standard_normal(self.last['mu'], self.last['logvar'], reduction='none').flatten(2).sum(-1)
-        return (kl * mask.to(kl.dtype)).sum(1)                                # (B, K) -> (B,)
+        """(B,) KL of this gate's complementary representations to N(0, I) in nats, from the last training forward:
+        summed over the present messages (``mask`` (B, K)), channels and voxels; float32 (float64 for a float64
+        network). A sample without a present message gives 0."""
+        if 'kl' not in self.last:
+            raise RuntimeError("the gate has no KL: it is computed by a training forward of a VI variant")
+        kl = self.last['kl']                                                  # (B, K)
+        return (kl * mask.to(kl.dtype)).sum(1)
 
 
 def _channel_pool(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -120,7 +123,9 @@ def run_gates(gates: Sequence[CIGModule], local: torch.Tensor, messages: torch.T
     ``local[:, m]``, ``messages[:, m]``, ``mask[:, m]``; returns the gated features (B, M, C, ...).
 
     After the call each gate's :attr:`CIGModule.last` holds its share: ``'attention'`` (B, K, ...), ``'mu'`` and
-    ``'logvar'`` (B, K, C, ...), ``'representations'`` (K tensors (B, C, ...)), and ``'representation_sum'``, the
+    ``'logvar'`` (B, K, C, ...), in training ``'kl'`` (B, K) (each message's KL to N(0, I) summed over channels and
+    voxels, float32 or float64; :func:`~nnunet_missingmod.losses.information_bottleneck.reparameterised_sample_with_kl`),
+    ``'representations'`` (K tensors (B, C, ...)), and ``'representation_sum'``, the
     (B, M, C, ...) sum over messages that the alignment convolution receives, of which the gate's is slot
     ``'slot'`` (the tensor in the graph: gradients of the output with respect to a gate's summed representation,
     Grad-CAM's Eq. 15, are taken there).
@@ -140,11 +145,13 @@ def run_gates(gates: Sequence[CIGModule], local: torch.Tensor, messages: torch.T
     else:
         attention = mask_b.expand(-1, -1, -1, *spatial)
     weighted = stacked * attention.unsqueeze(3)
-    mu = logvar = None
+    mu = logvar = kl = None
     if first.use_vi:
         stats = grouped_forward([g.mu_logvar for g in gates], weighted.flatten(1, 3)).unflatten(1, (m, k, 2, c))
         mu, logvar = stats[:, :, :, 0], stats[:, :, :, 1]
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if first.training else mu
+        z = mu
+        if first.training:
+            z, kl = reparameterised_sample_with_kl(mu, logvar, torch.randn_like(mu), start_dim=3)   # kl (B, M, K)
         z = z * mask_b.unsqueeze(3)
     else:
         z = weighted
@@ -154,6 +161,8 @@ def run_gates(gates: Sequence[CIGModule], local: torch.Tensor, messages: torch.T
                      'representation_sum': summed, 'slot': i}
         if mu is not None:
             gate.last.update(mu=mu[:, i], logvar=logvar[:, i])
+        if kl is not None:
+            gate.last['kl'] = kl[:, i]
     return local + grouped_forward([g.align for g in gates], summed.flatten(1, 2)).unflatten(1, (m, c))
 
 
