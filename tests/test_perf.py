@@ -6,9 +6,11 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import DATASET_ID, nnunet_environment, run, synthetic_raw_dataset
-from nnunet_missingmod.evaluation.perf import busy_cpu_note, busy_cpus, markdown_table, ratios, within_budget
+from nnunet_missingmod.evaluation.perf import busy_cpu_note, busy_cpus, kept_for_backward_mb, markdown_table, ratios, \
+    within_budget
 
 
 def test_ratios_are_relative_to_nnunet_trainer():
@@ -28,11 +30,27 @@ def test_budget_verdict_uses_design_limits():
                                                   peak_memory_mb=100.0, predict_s=1.0),
                             'slow': dict(parameters=1e6, gflops_per_patch=2.0, step_s=1.4, peak_memory_mb=100.0,
                                          predict_s=1.0)}, 'header')
-    assert '| slow | – | 1.00 | 2.0 | 1.400 | – | 100 | 1.00 | 1.40 | – | 1.00 | 1.00 | NO |' in table
+    assert '| slow | – | 1.00 | 2.0 | 1.400 | – | 100 | – | 1.00 | 1.40 | – | 1.00 | – | 1.00 | NO |' in table
     compiled = markdown_table({'nnUNetTrainer': dict(parameters=1e6, gflops_per_patch=2.0, step_s=1.0, compiled=True,
                                                      peak_memory_mb=100.0, predict_s=1.0)}, 'header')
     assert '| nnUNetTrainer | yes | 1.00 |' in compiled
     assert 'compiled' not in ratios({'nnUNetTrainer': dict(step_s=1.0, compiled=True)})['nnUNetTrainer']
+
+
+def test_kept_for_backward_counts_saved_activations_once_and_no_parameters():
+    class Trainer:
+        def __init__(self):
+            self.network = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.Sigmoid())
+
+        def train_step(self, batch):
+            self.network(batch).square().sum().backward()
+
+    trainer = Trainer()
+    network = trainer.network
+    # the linear layer keeps its input (its weight, a parameter, does not count), the sigmoid its output, and the
+    # square the same output again (one storage, counted once): 1024 x (256 + 512) float32
+    assert kept_for_backward_mb(trainer, torch.randn(1024, 256)) == 1024 * (256 + 512) * 4 / 2 ** 20
+    assert trainer.network is network and network[0].weight.grad is not None
 
 
 def test_busy_cpu_note_flags_a_loaded_machine(monkeypatch):
@@ -71,10 +89,14 @@ def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):
         assert figures['parameters'] > 0 and figures['gflops_per_patch'] > 0
         assert figures['step_s'] > 0 and figures['step_cpu_s'] > 0 and figures['predict_s'] > 0 and figures['peak_memory_mb'] >= 0
         assert figures['compiled'] is False  # nnU-Net never compiles on a CPU
+        assert figures['kept_for_backward_mb'] > 0
     assert report['complete'] is True
     # same network from the same plans: identical size and FLOPs
     assert results['nnUNetTrainer']['parameters'] == results['nnUNetTrainerModalityDropout']['parameters']
     assert results['nnUNetTrainer']['gflops_per_patch'] == results['nnUNetTrainerModalityDropout']['gflops_per_patch']
+    # and the same tensors kept for backward (dropping modalities changes the input's values, not the graph)
+    assert results['nnUNetTrainer']['kept_for_backward_mb'] == \
+        results['nnUNetTrainerModalityDropout']['kept_for_backward_mb']
     assert report['ratios']['nnUNetTrainer']['step_s'] == 1.0
     table = (out / 'perf.md').read_text()
     assert table == markdown_table(results, table.splitlines()[0])

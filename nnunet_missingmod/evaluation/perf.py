@@ -13,6 +13,9 @@ temporary ``nnUNet_results``, never to the real one):
   threads that wait for a core spin: measure on a quiet machine, :func:`busy_cpu_note` warns otherwise);
 * peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the increase of the process's peak resident
   set size over the training steps (includes allocator caching, so treat small differences with care);
+* kept for backward: the tensors that autograd keeps from the forward pass for the backward pass of one training
+  step (:func:`kept_for_backward_mb`), the activation memory of a step: a count of bytes that neither the
+  allocator nor other jobs change (under a GPU's mixed precision, half-precision tensors count half);
 * prediction: wall time of nnU-Net's sliding-window prediction of one preprocessed case (no mirroring); on a GPU
   after one untimed prediction of the same case, which autotunes cuDNN for the prediction's shapes and, for a
   compiled network, compiles its inference graph;
@@ -54,7 +57,8 @@ def default_trainers() -> list[str]:
     return ['nnUNetTrainer'] + found
 
 
-FIGURES = ('parameters', 'gflops_per_patch', 'step_s', 'step_cpu_s', 'peak_memory_mb', 'predict_s', 'compiled')
+FIGURES = ('parameters', 'gflops_per_patch', 'step_s', 'step_cpu_s', 'peak_memory_mb', 'kept_for_backward_mb',
+           'predict_s', 'compiled')
 #: the project's compute budget: the largest allowed ratio to ``nnUNetTrainer`` of each figure
 BUDGET = {'step_s': 1.3, 'peak_memory_mb': 1.5, 'predict_s': 1.3}
 
@@ -66,6 +70,31 @@ def _current_rss_mb() -> float:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def kept_for_backward_mb(trainer, batch) -> float:
+    """MB of the distinct tensors (storages) that autograd saves for backward during ``trainer.train_step(batch)``,
+    the network's parameters excepted (``torch.autograd.graph.saved_tensors_hooks``; nothing is copied). A compiled
+    network is measured eager: its graph may keep less where the compiler recomputes or fuses."""
+    import torch
+    network = trainer.network
+    eager = getattr(network, '_orig_mod', network)
+    parameters = {p.untyped_storage().data_ptr() for p in eager.parameters()}
+    kept = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    trainer.network = eager
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            trainer.train_step(batch)
+    finally:
+        trainer.network = network
+    return sum(kept.values()) / 2 ** 20
 
 
 def measure(dataset: str, configuration: str, trainer_name: str, plans: str, device: str, steps: int,
@@ -121,6 +150,7 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
     figures['step_cpu_s'] = statistics.median(cpu_times[warmup:])
     figures['peak_memory_mb'] = (torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == 'cuda'
                                  else max(0.0, _peak_rss_mb() - rss_before))
+    figures['kept_for_backward_mb'] = kept_for_backward_mb(trainer, batch)
 
     network.eval()
     trainer.set_deep_supervision_enabled(False)
@@ -205,18 +235,20 @@ def busy_cpu_note(busy: float | None = None, cpus: int | None = None) -> str | N
 def markdown_table(results: dict, header: str) -> str:
     rel = ratios(results)
     lines = [header, '',
-             '| trainer | compiled | params (M) | GFLOPs/patch | step (s) | step CPU (s) | peak mem (MB) | predict (s) '
-             '| step × | step CPU × | mem × | predict × | budget |',
-             '|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
+             '| trainer | compiled | params (M) | GFLOPs/patch | step (s) | step CPU (s) | peak mem (MB) | kept (MB) '
+             '| predict (s) | step × | step CPU × | mem × | kept × | predict × | budget |',
+             '|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
     for trainer, r in results.items():
         q = rel[trainer]
         fmt = lambda v: '–' if v is None else f'{v:.2f}'  # noqa: E731
         verdict = {True: 'yes', False: 'NO', None: '–'}[within_budget(q)]
         compiled = {True: 'yes', False: 'no'}.get(r.get('compiled'), '–')
+        kept = r.get('kept_for_backward_mb')
         lines.append(f"| {trainer} | {compiled} | {r['parameters'] / 1e6:.2f} | {r['gflops_per_patch']:.1f} | {r['step_s']:.3f} "
-                     f"| {fmt(r.get('step_cpu_s'))} | {r['peak_memory_mb']:.0f} | {r['predict_s']:.2f} "
-                     f"| {fmt(q['step_s'])} | {fmt(q.get('step_cpu_s'))} | {fmt(q['peak_memory_mb'])} "
-                     f"| {fmt(q['predict_s'])} | {verdict} |")
+                     f"| {fmt(r.get('step_cpu_s'))} | {r['peak_memory_mb']:.0f} | {'–' if kept is None else f'{kept:.0f}'} "
+                     f"| {r['predict_s']:.2f} | {fmt(q['step_s'])} | {fmt(q.get('step_cpu_s'))} "
+                     f"| {fmt(q['peak_memory_mb'])} | {fmt(q.get('kept_for_backward_mb'))} | {fmt(q['predict_s'])} "
+                     f"| {verdict} |")
     limits = ', '.join(f'{k} ≤ {v}×' for k, v in BUDGET.items())
     return '\n'.join(lines) + f'\n\nbudget: {limits} of nnUNetTrainer\n'
 
