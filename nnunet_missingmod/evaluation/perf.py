@@ -19,7 +19,9 @@ temporary ``nnUNet_results``, never to the real one):
 * prediction: median wall time of :data:`PREDICTIONS` sliding-window predictions of one preprocessed case by
   nnU-Net's predictor (no mirroring), after one untimed prediction of the same case, which sets up the kernels for
   the prediction's shapes (cuDNN autotuning on a GPU, oneDNN primitives on a CPU) and, for a compiled network,
-  compiles its inference graph (one timed prediction of the same network varied by up to 1.6x between trainers);
+  compiles its inference graph. On a CPU a case that fits in one window also depends, by up to 2x, on the state of
+  the C library's allocator (whether large buffers come from fresh pages or reused heap), which no repetition
+  within one process removes;
 * compiled: whether the trainer wrapped its network in ``torch.compile`` (nnU-Net does on a GPU unless
   ``nnUNet_compile`` says otherwise; this package's networks only when ``nnUNet_compile`` is true), since a compiled
   and an eager network are not compared like for like: set ``nnUNet_compile`` to measure all alike.
