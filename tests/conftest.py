@@ -252,21 +252,3 @@ def relative_gradient_difference(variant: dict, reference: dict, names) -> float
         num += float((var - ref).double().square().sum())
         den += float(ref.double().square().sum())
     return (num / max(den, 1e-30)) ** 0.5
-
-
-def saved_tensor_bytes(output: torch.Tensor) -> int:
-    """Bytes of the distinct storages that autograd keeps for the backward of ``output``."""
-    seen, total, stack, visited = set(), 0, [output.grad_fn], set()
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in visited:
-            continue
-        visited.add(fn)
-        for name in dir(fn):                  # built-in nodes: _saved_*; custom autograd.Function: saved_tensors
-            value = getattr(fn, name) if name.startswith('_saved_') or name == 'saved_tensors' else None
-            for tensor in value if isinstance(value, (tuple, list)) else (value,):
-                if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in seen:
-                    seen.add(tensor.untyped_storage().data_ptr())
-                    total += tensor.untyped_storage().nbytes()
-        stack.extend(n for n, _ in fn.next_functions)
-    return total

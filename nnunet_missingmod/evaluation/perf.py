@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterable
 
 from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
 
@@ -77,29 +78,35 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def kept_for_backward_mb(trainer, batch) -> float:
-    """MB of the distinct tensors (storages) that autograd saves for backward during ``trainer.train_step(batch)``,
-    the network's parameters excepted (``torch.autograd.graph.saved_tensors_hooks``; nothing is copied). A compiled
-    network is measured eager: its graph may keep less where the compiler recomputes or fuses."""
+def saved_for_backward_bytes(run: Callable[[], object], exclude: Iterable = ()) -> int:
+    """Bytes of the distinct storages that autograd saves for backward while ``run()`` executes, those of the
+    tensors in ``exclude`` (e.g. parameters) excepted (``torch.autograd.graph.saved_tensors_hooks``; nothing is
+    copied)."""
     import torch
-    network = trainer.network
-    eager = getattr(network, '_orig_mod', network)
-    parameters = {p.untyped_storage().data_ptr() for p in eager.parameters()}
-    kept = {}
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    saved = {}
 
     def pack(tensor):
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            kept[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in excluded:
+            saved[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    trainer.network = eager
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return sum(saved.values())
+
+
+def kept_for_backward_mb(trainer, batch) -> float:
+    """MB that autograd saves for backward during ``trainer.train_step(batch)``, the network's parameters excepted
+    (:func:`saved_for_backward_bytes`). A compiled network is measured eager: its graph may keep less where the
+    compiler recomputes or fuses."""
+    network = trainer.network
+    trainer.network = eager = getattr(network, '_orig_mod', network)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            trainer.train_step(batch)
+        return saved_for_backward_bytes(lambda: trainer.train_step(batch), eager.parameters()) / 2 ** 20
     finally:
         trainer.network = network
-    return sum(kept.values()) / 2 ** 20
 
 
 def measure(dataset: str, configuration: str, trainer_name: str, plans: str, device: str, steps: int,
