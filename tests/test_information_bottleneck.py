@@ -60,7 +60,7 @@ def test_sample_with_kl_values_and_derivatives():
     per_element = 0.5 * (m ** 2 + np.exp(v) - 1 - v)
     np.testing.assert_allclose(kl.detach().numpy(), per_element.reshape(2, 3, -1).sum(-1), rtol=1e-12)
     assert torch.autograd.gradcheck(lambda a, b: reparameterised_sample_with_kl(a, b, eps, 1), (mu, logvar))
-    # the standard normal itself: KL exactly 0, and only the sample's path carries a gradient
+    # at the standard normal itself the KL is exactly 0, and so is its gradient (a minimum)
     zero_mu, zero_logvar = torch.zeros(3, 4, requires_grad=True), torch.zeros(3, 4, requires_grad=True)
     _, kl0 = reparameterised_sample_with_kl(zero_mu, zero_logvar, torch.randn(3, 4), 1)
     assert kl0.tolist() == [0.0, 0.0, 0.0]
