@@ -256,8 +256,9 @@ def markdown_table(results: dict, header: str) -> str:
         verdict = {True: 'yes', False: 'NO', None: '–'}[within_budget(q)]
         compiled = {True: 'yes', False: 'no'}.get(r.get('compiled'), '–')
         kept = r.get('kept_for_backward_mb')
+        kept = '–' if kept is None else f'{kept:.0f}'
         lines.append(f"| {trainer} | {compiled} | {r['parameters'] / 1e6:.2f} | {r['gflops_per_patch']:.1f} | {r['step_s']:.3f} "
-                     f"| {fmt(r.get('step_cpu_s'))} | {r['peak_memory_mb']:.0f} | {'–' if kept is None else f'{kept:.0f}'} "
+                     f"| {fmt(r.get('step_cpu_s'))} | {r['peak_memory_mb']:.0f} | {kept} "
                      f"| {r['predict_s']:.2f} | {fmt(q['step_s'])} | {fmt(q.get('step_cpu_s'))} "
                      f"| {fmt(q['peak_memory_mb'])} | {fmt(q.get('kept_for_backward_mb'))} | {fmt(q['predict_s'])} "
                      f"| {verdict} |")

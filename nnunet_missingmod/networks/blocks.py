@@ -124,7 +124,8 @@ def run_gates(gates: Sequence[CIGModule], local: torch.Tensor, messages: torch.T
 
     After the call each gate's :attr:`CIGModule.last` holds its share: ``'attention'`` (B, K, ...), ``'mu'`` and
     ``'logvar'`` (B, K, C, ...), in training ``'kl'`` (B, K) (each message's KL to N(0, I) summed over channels and
-    voxels, float32 or float64; :func:`~nnunet_missingmod.losses.information_bottleneck.reparameterised_sample_with_kl`),
+    voxels, float32 or float64;
+    :func:`~nnunet_missingmod.losses.information_bottleneck.reparameterised_sample_with_kl`),
     ``'representations'`` (K tensors (B, C, ...)), and ``'representation_sum'``, the
     (B, M, C, ...) sum over messages that the alignment convolution receives, of which the gate's is slot
     ``'slot'`` (the tensor in the graph: gradients of the output with respect to a gate's summed representation,

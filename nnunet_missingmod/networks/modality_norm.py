@@ -64,7 +64,8 @@ class ModalityNorm(nn.Sequential):
 def make_norms_modality_specific(module: nn.Module, norm_op: Type[nn.Module], num_modalities: int
                                  ) -> List[ModalityAffine]:
     """Replace every ``norm_op`` layer inside ``module`` by a :class:`ModalityNorm` (the layer without affine
-    parameters, a :class:`ModalityAffine`) in place; returns the new affine layers, whose ``rows`` the caller sets per pass.
+    parameters, a :class:`ModalityAffine`) in place; returns the new affine layers, whose ``rows`` the caller sets
+    per pass.
 
     Each layer gets one wrapper, also when it is a child of two parents (dynamic_network_architectures' conv blocks
     hold the norm as ``norm`` and inside ``all_modules``; its decoder keeps a reference to the encoder)."""
