@@ -10,7 +10,7 @@ import torch
 
 from conftest import DATASET_ID, nnunet_environment, run, synthetic_raw_dataset
 from nnunet_missingmod.evaluation.perf import busy_cpu_note, busy_cpus, kept_for_backward_mb, markdown_table, ratios, \
-    within_budget
+    step_per_flop, training_step_gflops, within_budget
 
 
 def test_ratios_are_relative_to_nnunet_trainer():
@@ -30,9 +30,18 @@ def test_budget_verdict_uses_design_limits():
                                                   peak_memory_mb=100.0, predict_s=1.0),
                             'slow': dict(parameters=1e6, gflops_per_patch=2.0, step_s=1.4, peak_memory_mb=100.0,
                                          predict_s=1.0)}, 'header')
-    assert '| slow | – | 1.00 | 2.0 | 1.400 | – | 100 | – | 1.00 | 1.40 | – | 1.00 | – | 1.00 | NO |' in table
-    compiled = markdown_table({'nnUNetTrainer': dict(parameters=1e6, gflops_per_patch=2.0, step_s=1.0, compiled=True,
-                                                     peak_memory_mb=100.0, predict_s=1.0)}, 'header')
+    # unknown figures (step FLOPs, CPU time, kept bytes of an older perf.json) are dashes
+    row = '| slow | – | 1.00 | 2.0 | – | 1.400 | – | 100 | – | 1.00 | 1.40 | – | – | – | 1.00 | – | 1.00 | NO |'
+    assert row in table
+    with_step_flops = markdown_table(
+        {'nnUNetTrainer': dict(parameters=1e6, gflops_per_patch=2.0, gflops_per_step=12.0, step_s=1.0,
+                               peak_memory_mb=100.0, predict_s=1.0),
+         'wide': dict(parameters=1e6, gflops_per_patch=4.0, gflops_per_step=30.0, step_s=2.0, peak_memory_mb=100.0,
+                      predict_s=1.0)}, 'header')
+    # 2x the time for 2.5x the FLOPs of a step: 0.8 of what the FLOPs say
+    assert '| wide | – | 1.00 | 4.0 | 30.0 | 2.000 | – | 100 | – | 1.00 | 2.00 | 2.50 | 0.80 | – |' in with_step_flops
+    compiled = markdown_table({'nnUNetTrainer': dict(parameters=1e6, gflops_per_patch=2.0, step_s=1.0,
+                                                     compiled=True, peak_memory_mb=100.0, predict_s=1.0)}, 'header')
     assert '| nnUNetTrainer | yes | 1.00 |' in compiled
     assert 'compiled' not in ratios({'nnUNetTrainer': dict(step_s=1.0, compiled=True)})['nnUNetTrainer']
 
@@ -51,6 +60,29 @@ def test_kept_for_backward_counts_saved_activations_once_and_no_parameters():
     # square the same output again (one storage, counted once): 1024 x (256 + 512) float32
     assert kept_for_backward_mb(trainer, torch.randn(1024, 256)) == 1024 * (256 + 512) * 4 / 2 ** 20
     assert trainer.network is network and network[0].weight.grad is not None
+
+
+def test_step_per_flop_is_the_step_ratio_over_the_step_flop_ratio():
+    assert step_per_flop({'step_s': 1.5, 'gflops_per_step': 1.25}) == pytest.approx(1.2)
+    assert step_per_flop({'step_s': 1.5}) is None and step_per_flop({'step_s': 1.5, 'gflops_per_step': None}) is None
+    assert step_per_flop({'step_s': None, 'gflops_per_step': 2.0}) is None
+
+
+def test_training_step_flops_count_forward_and_the_backward_that_runs():
+    class Trainer:
+        def __init__(self):
+            self.network = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.Flatten(),
+                                               torch.nn.Linear(4 * 8 ** 3, 16))
+
+        def train_step(self, batch):
+            self.network(batch).square().sum().backward()
+
+    # written out: the convolution (2 x 4 x 8^3 outputs, 1 x 27 multiply-adds each) forward and its weight gradient,
+    # not its input gradient (the batch needs none); the linear layer (2 x 16 outputs, 2048 multiply-adds each)
+    # forward, weight gradient and input gradient; element-wise work, biases and the loss count nothing
+    conv = 2 * (2 * 4 * 8 ** 3) * 27
+    linear = 2 * (2 * 16) * 2048
+    assert training_step_gflops(Trainer(), torch.randn(2, 1, 8, 8, 8)) == (2 * conv + 3 * linear) / 1e9
 
 
 def test_busy_cpu_note_flags_a_loaded_machine(monkeypatch):
@@ -83,13 +115,19 @@ def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):
          '-tr', 'nnUNetTrainerModalityDropout', '--steps', '2', '--warmup', '1', '-device', 'cpu', '-o', str(out)],
         nnunet_dataset.env)
     report = json.loads((out / 'perf.json').read_text())
+    plans = json.loads((nnunet_dataset.preprocessed / 'nnUNetPlans.json').read_text())
     results = report['results']
     assert list(results) == ['nnUNetTrainer', 'nnUNetTrainerModalityDropout']
     for figures in results.values():
         assert figures['parameters'] > 0 and figures['gflops_per_patch'] > 0
-        assert figures['step_s'] > 0 and figures['step_cpu_s'] > 0 and figures['predict_s'] > 0 and figures['peak_memory_mb'] >= 0
+        assert figures['step_s'] > 0 and figures['step_cpu_s'] > 0 and figures['predict_s'] > 0
+        assert figures['peak_memory_mb'] >= 0
         assert figures['compiled'] is False  # nnU-Net never compiles on a CPU
         assert figures['kept_for_backward_mb'] > 0
+        # a training step: forward and backward (about twice the forward) of every sample of the batch, the first
+        # convolution's input gradient and the eval patch's missing deep-supervision heads aside
+        batch = plans['configurations'][nnunet_dataset.configuration]['batch_size']
+        assert 2.5 * batch < figures['gflops_per_step'] / figures['gflops_per_patch'] < 3.1 * batch
     assert report['complete'] is True
     # same network from the same plans: identical size and FLOPs
     assert results['nnUNetTrainer']['parameters'] == results['nnUNetTrainerModalityDropout']['parameters']
@@ -97,6 +135,7 @@ def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):
     # and the same tensors kept for backward (dropping modalities changes the input's values, not the graph)
     assert results['nnUNetTrainer']['kept_for_backward_mb'] == \
         results['nnUNetTrainerModalityDropout']['kept_for_backward_mb']
+    assert results['nnUNetTrainer']['gflops_per_step'] == results['nnUNetTrainerModalityDropout']['gflops_per_step']
     assert report['ratios']['nnUNetTrainer']['step_s'] == 1.0
     table = (out / 'perf.md').read_text()
     assert table == markdown_table(results, table.splitlines()[0])

@@ -6,7 +6,10 @@ cross-validation split is needed, so data sets with fewer than five training cas
 temporary ``nnUNet_results``, never to the real one):
 
 * parameters: ``sum(p.numel())`` of the network nnU-Net builds for the trainer;
-* FLOPs: ``torch.utils.flop_counter`` for one forward pass of one patch (eval mode, all modalities present);
+* FLOPs: ``torch.utils.flop_counter`` for one forward pass of one patch (eval mode, all modalities present), and
+  for one training step (:func:`training_step_gflops`: forward and backward of the batch as the trainer runs them,
+  its subsets, segmentors and auxiliary losses included), the work a step's time is compared with ("step/FLOP ×":
+  the step-time ratio over the step-FLOP ratio, 1.0 where a network costs what its FLOPs say);
 * training step: median wall time of ``trainer.train_step`` (forward, backward, SGD step, with the trainer's own
   modality dropout and auxiliary losses) over ``--steps`` steps after ``--warmup`` steps, and the median CPU time
   of the process over the same steps (all its threads; on a CPU shared with other jobs it grows too, as OpenMP
@@ -61,8 +64,6 @@ def default_trainers() -> list[str]:
     return ['nnUNetTrainer'] + found
 
 
-FIGURES = ('parameters', 'gflops_per_patch', 'step_s', 'step_cpu_s', 'peak_memory_mb', 'kept_for_backward_mb',
-           'predict_s', 'compiled')
 #: timed predictions per trainer (their median is reported)
 PREDICTIONS = 3
 #: the project's compute budget: the largest allowed ratio to ``nnUNetTrainer`` of each figure
@@ -107,6 +108,21 @@ def kept_for_backward_mb(trainer, batch) -> float:
         return saved_for_backward_bytes(lambda: trainer.train_step(batch), eager.parameters()) / 2 ** 20
     finally:
         trainer.network = network
+
+
+def training_step_gflops(trainer, batch) -> float:
+    """GFLOPs of ``trainer.train_step(batch)``, forward and backward, counted by ``torch.utils.flop_counter`` (the
+    operations it has formulas for: convolutions, matrix products, attention; element-wise work and the optimiser
+    count nothing). A compiled network is counted eager."""
+    from torch.utils.flop_counter import FlopCounterMode
+    network = trainer.network
+    trainer.network = getattr(network, '_orig_mod', network)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            trainer.train_step(batch)
+    finally:
+        trainer.network = network
+    return counter.get_total_flops() / 1e9
 
 
 def measure(dataset: str, configuration: str, trainer_name: str, plans: str, device: str, steps: int,
@@ -163,6 +179,7 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
     figures['peak_memory_mb'] = (torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == 'cuda'
                                  else max(0.0, _peak_rss_mb() - rss_before))
     figures['kept_for_backward_mb'] = kept_for_backward_mb(trainer, batch)
+    figures['gflops_per_step'] = training_step_gflops(trainer, batch)
 
     network.eval()
     trainer.set_deep_supervision_enabled(False)
@@ -244,24 +261,31 @@ def busy_cpu_note(busy: float | None = None, cpus: int | None = None) -> str | N
     return f'{busy:.1f} of {cpus} CPUs busy at the start: other jobs were running, the timings are unreliable'
 
 
+def step_per_flop(ratio: dict) -> float | None:
+    """The step-time ratio over the training-step FLOP ratio: how much longer (> 1) or shorter a step takes than its
+    FLOPs say, against ``nnUNetTrainer`` (None when either ratio is unknown)."""
+    step, flops = ratio.get('step_s'), ratio.get('gflops_per_step')
+    return None if step is None or not flops else step / flops
+
+
 def markdown_table(results: dict, header: str) -> str:
     rel = ratios(results)
     lines = [header, '',
-             '| trainer | compiled | params (M) | GFLOPs/patch | step (s) | step CPU (s) | peak mem (MB) | kept (MB) '
-             '| predict (s) | step × | step CPU × | mem × | kept × | predict × | budget |',
-             '|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
+             '| trainer | compiled | params (M) | GFLOPs/patch | GFLOPs/step | step (s) | step CPU (s) | peak mem (MB) '
+             '| kept (MB) | predict (s) | step × | step FLOPs × | step/FLOP × | step CPU × | mem × | kept × '
+             '| predict × | budget |',
+             '|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
     for trainer, r in results.items():
         q = rel[trainer]
-        fmt = lambda v: '–' if v is None else f'{v:.2f}'  # noqa: E731
+        fmt = lambda v, digits=2: '–' if v is None else f'{v:.{digits}f}'  # noqa: E731
         verdict = {True: 'yes', False: 'NO', None: '–'}[within_budget(q)]
         compiled = {True: 'yes', False: 'no'}.get(r.get('compiled'), '–')
-        kept = r.get('kept_for_backward_mb')
-        kept = '–' if kept is None else f'{kept:.0f}'
-        lines.append(f"| {trainer} | {compiled} | {r['parameters'] / 1e6:.2f} | {r['gflops_per_patch']:.1f} | {r['step_s']:.3f} "
-                     f"| {fmt(r.get('step_cpu_s'))} | {r['peak_memory_mb']:.0f} | {kept} "
-                     f"| {r['predict_s']:.2f} | {fmt(q['step_s'])} | {fmt(q.get('step_cpu_s'))} "
-                     f"| {fmt(q['peak_memory_mb'])} | {fmt(q.get('kept_for_backward_mb'))} | {fmt(q['predict_s'])} "
-                     f"| {verdict} |")
+        lines.append(f"| {trainer} | {compiled} | {r['parameters'] / 1e6:.2f} | {r['gflops_per_patch']:.1f} "
+                     f"| {fmt(r.get('gflops_per_step'), 1)} | {r['step_s']:.3f} | {fmt(r.get('step_cpu_s'))} "
+                     f"| {r['peak_memory_mb']:.0f} | {fmt(r.get('kept_for_backward_mb'), 0)} | {r['predict_s']:.2f} "
+                     f"| {fmt(q['step_s'])} | {fmt(q.get('gflops_per_step'))} | {fmt(step_per_flop(q))} "
+                     f"| {fmt(q.get('step_cpu_s'))} | {fmt(q['peak_memory_mb'])} "
+                     f"| {fmt(q.get('kept_for_backward_mb'))} | {fmt(q['predict_s'])} | {verdict} |")
     limits = ', '.join(f'{k} ≤ {v}×' for k, v in BUDGET.items())
     return '\n'.join(lines) + f'\n\nbudget: {limits} of nnUNetTrainer\n'
 
