@@ -85,6 +85,32 @@ def test_training_step_flops_count_forward_and_the_backward_that_runs():
     assert training_step_gflops(Trainer(), torch.randn(2, 1, 8, 8, 8)) == (2 * conv + 3 * linear) / 1e9
 
 
+@pytest.mark.parametrize('transposed', [False, True])
+@pytest.mark.parametrize('groups', [1, 4])
+def test_training_step_flops_of_grouped_convolutions_are_three_forward_passes(groups, transposed):
+    """Forward, input gradient and weight gradient of a (transposed) convolution with ``groups`` groups: three
+    times the forward multiply-adds, written out here (torch's own formula counts the weight gradient of a grouped
+    convolution ``groups`` times: 5 forward passes at groups = 4)."""
+    import torch.nn.functional as F
+
+    class Trainer:
+        network = torch.nn.Identity()
+
+        def train_step(self, batch):
+            x, w = batch
+            y = F.conv_transpose3d(x, w, stride=2, groups=groups) if transposed else \
+                F.conv3d(x, w, padding=1, groups=groups)
+            y.sum().backward()
+
+    x = torch.randn(2, 32, 8, 8, 8, requires_grad=True)
+    kernel = 2 if transposed else 3
+    w = torch.randn(32, 32 // groups, kernel, kernel, kernel, requires_grad=True)
+    # every one of the 2 x 8^3 positions of the input (transposed) or of the output (same padding) takes
+    # 32 x 32 / groups x kernel^3 multiply-adds
+    forward = 2 * (2 * 8 ** 3) * 32 * (32 // groups) * kernel ** 3
+    assert training_step_gflops(Trainer(), (x, w)) == 3 * forward / 1e9
+
+
 def test_busy_cpu_note_flags_a_loaded_machine(monkeypatch):
     assert busy_cpu_note(busy=0.3, cpus=2) is None
     note = busy_cpu_note(busy=4.2, cpus=2)
