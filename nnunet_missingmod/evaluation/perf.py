@@ -117,8 +117,7 @@ def convolution_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride,
 
     Replaces torch's own formula (``torch.utils.flop_counter``, torch 2.x), which counts a grouped convolution's
     weight gradient as if the convolution were dense: ``groups`` times too much, 5 instead of 3 forward passes for a
-    forward and backward at ``groups = 4``, which would make the grouped per-modality branches look 2.5x costlier
-    than they are."""
+    forward and backward at ``groups = 4`` (the per-modality branches' grouped layers counted 5/3 of their FLOPs)."""
     from torch.utils.flop_counter import conv_flop_count
     return conv_flop_count(x_shape, w_shape, grad_out_shape, transposed) * (int(output_mask[0]) + int(output_mask[1]))
 
