@@ -38,6 +38,7 @@ names are checked before anything is measured, with ``nnUNetv2_train``'s lookup.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -98,16 +99,24 @@ def saved_for_backward_bytes(run: Callable[[], object], exclude: Iterable = ()) 
     return sum(saved.values())
 
 
+@contextlib.contextmanager
+def eager_network(trainer):
+    """``trainer`` with a compiled network swapped for the eager module inside it (counting needs no compiled graph,
+    and a compiled graph may keep or fuse differently), restored on exit; yields the eager module."""
+    network = trainer.network
+    trainer.network = getattr(network, '_orig_mod', network)
+    try:
+        yield trainer.network
+    finally:
+        trainer.network = network
+
+
 def kept_for_backward_mb(trainer, batch) -> float:
     """MB that autograd saves for backward during ``trainer.train_step(batch)``, the network's parameters excepted
     (:func:`saved_for_backward_bytes`). A compiled network is measured eager: its graph may keep less where the
     compiler recomputes or fuses."""
-    network = trainer.network
-    trainer.network = eager = getattr(network, '_orig_mod', network)
-    try:
+    with eager_network(trainer) as eager:
         return saved_for_backward_bytes(lambda: trainer.train_step(batch), eager.parameters()) / 2 ** 20
-    finally:
-        trainer.network = network
 
 
 def convolution_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
@@ -129,15 +138,9 @@ def training_step_gflops(trainer, batch) -> float:
     counted eager."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-    network = trainer.network
-    trainer.network = getattr(network, '_orig_mod', network)
-    try:
-        with FlopCounterMode(display=False,
-                             custom_mapping={torch.ops.aten.convolution_backward: convolution_backward_flops}
-                             ) as counter:
-            trainer.train_step(batch)
-    finally:
-        trainer.network = network
+    formulas = {torch.ops.aten.convolution_backward: convolution_backward_flops}
+    with eager_network(trainer), FlopCounterMode(display=False, custom_mapping=formulas) as counter:
+        trainer.train_step(batch)
     return counter.get_total_flops() / 1e9
 
 
@@ -172,8 +175,8 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
     patch.normal_()
     network.eval()
     trainer.set_deep_supervision_enabled(False)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        getattr(network, '_orig_mod', network)(patch)  # the eager module: counting needs no compiled graph
+    with torch.no_grad(), eager_network(trainer) as eager, FlopCounterMode(display=False) as counter:
+        eager(patch)
     figures['gflops_per_patch'] = counter.get_total_flops() / 1e9
 
     trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
