@@ -90,7 +90,7 @@ def test_training_step_flops_count_forward_and_the_backward_that_runs():
 def test_training_step_flops_of_grouped_convolutions_are_three_forward_passes(groups, transposed):
     """Forward, input gradient and weight gradient of a (transposed) convolution with ``groups`` groups: three
     times the forward multiply-adds, written out here (torch's own formula counts the weight gradient of a grouped
-    convolution ``groups`` times: 5 forward passes at groups = 4)."""
+    convolution ``groups`` times: 5 forward passes at groups = 4, 6 for the transposed one)."""
     import torch.nn.functional as F
 
     class Trainer:
