@@ -42,8 +42,6 @@ import json
 import os
 import shutil
 import sys
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -51,381 +49,37 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_missingmod.cli import ArgumentParser, command
-from nnunet_missingmod.splits import FOLDER as SPLITS_FOLDER
-from nnunet_missingmod.splits import available_splits, source_case_name, split_file
+from nnunet_missingmod.dataset_conversion.atomic_writing import (atomic_folder, atomic_write_json,
+                                                                 remove_stale_temporary_folders)
+from nnunet_missingmod.dataset_conversion.brats_checks import check_cases, check_labels, read_image
+from nnunet_missingmod.dataset_conversion.brats_layouts import (CHANNELS, FILE_ENDING, LAYOUTS, NNUNET_LABEL_OF,
+                                                                SourceCase, canonical_layout, find_cases, is_nifti)
+from nnunet_missingmod.dataset_conversion.brats_splits import SPLITS_FINAL, nnunet_folds, read_split
+from nnunet_missingmod.dataset_conversion.errors import ConversionError
+from nnunet_missingmod.splits import available_splits
 
-#: The package's fixed channel order for BraTS.
-CHANNELS = ('T1', 'T1ce', 'T2', 'FLAIR')
 CHANNEL_NAMES = {str(i): name for i, name in enumerate(CHANNELS)}
 #: nnU-Net's region-based BraTS labels (as in nnU-Net's Dataset137_BraTS21).
 NNUNET_LABELS = {'background': 0, 'whole tumor': [1, 2, 3], 'tumor core': [2, 3], 'enhancing tumor': 3}
 REGIONS_CLASS_ORDER = [1, 2, 3]
-#: nnU-Net label of each tumour compartment.
-NNUNET_LABEL_OF = {'ED': 1, 'NCR': 2, 'ET': 3}
-FILE_ENDING = '.nii.gz'
-#: nnU-Net's file of custom cross-validation splits
-SPLITS_FINAL = 'splits_final.json'
-NIFTI_ENDINGS = ('.nii.gz', '.nii')
-
-
-class ConversionError(Exception):
-    """Bad input or a target that cannot be written; the message names the case and the file."""
-
-
-@dataclass(frozen=True)
-class Layout:
-    name: str
-    sep: str
-    suffixes: dict  # channel name -> file suffix
-    labels: dict  # compartment ('NCR', 'ED', 'ET') -> source label
-    default_name: str
-    synthetic_pattern: str  # case-name pattern of the synthetic generator
-    seg_suffix: str = 'seg'
-
-    def filename(self, case: str, role: str, ending: str = FILE_ENDING) -> str:
-        """File name of ``role`` (a channel name or ``'seg'``) of ``case``."""
-        suffix = self.seg_suffix if role == 'seg' else self.suffixes[role]
-        return f'{case}{self.sep}{suffix}{ending}'
-
-    def source_label(self, compartment: str) -> int:
-        return self.labels[compartment]
-
-    @property
-    def allowed_labels(self) -> list[int]:
-        return sorted([0, *self.labels.values()])
-
-    def to_nnunet_lut(self) -> np.ndarray:
-        lut = np.zeros(max(self.allowed_labels) + 1, np.uint8)
-        for compartment, source in self.labels.items():
-            lut[source] = NNUNET_LABEL_OF[compartment]
-        return lut
-
-    def to_source_lut(self) -> np.ndarray:
-        lut = np.zeros(max(NNUNET_LABEL_OF.values()) + 1, np.uint8)
-        for compartment, source in self.labels.items():
-            lut[NNUNET_LABEL_OF[compartment]] = source
-        return lut
-
-    def synthetic_case_name(self, index: int) -> str:
-        return self.synthetic_pattern.format(index)
-
-    def parse(self, filename: str) -> tuple[str, str] | None:
-        """``(case prefix, role)`` if ``filename`` is a file of this layout, else None."""
-        for ending in NIFTI_ENDINGS:
-            if filename.endswith(ending):
-                stem = filename[:-len(ending)]
-                break
-        else:
-            return None
-        for role, suffix in [*self.suffixes.items(), ('seg', self.seg_suffix)]:
-            tail = self.sep + suffix
-            if stem.endswith(tail) and len(stem) > len(tail):
-                return stem[:-len(tail)], role
-        return None
-
-
-LAYOUTS = {
-    'brats2020': Layout('brats2020', '_', {'T1': 't1', 'T1ce': 't1ce', 'T2': 't2', 'FLAIR': 'flair'},
-                        {'NCR': 1, 'ED': 2, 'ET': 4}, 'BraTS2020', 'BraTS20_Training_{:03d}'),
-    'brats2023': Layout('brats2023', '-', {'T1': 't1n', 'T1ce': 't1c', 'T2': 't2w', 'FLAIR': 't2f'},
-                        {'NCR': 1, 'ED': 2, 'ET': 3}, 'BraTS2023', 'BraTS-GLI-{:05d}-000'),
-}
-LAYOUT_ALIASES = {'brats2018': 'brats2020', 'brats2019': 'brats2020', 'brats2021': 'brats2020',
-                  'brats2024': 'brats2023'}
-
-
-def canonical_layout(layout: str) -> str:
-    key = layout.lower()
-    key = LAYOUT_ALIASES.get(key, key)
-    if key not in LAYOUTS:
-        raise ValueError(f'unknown BraTS layout {layout!r}; choose one of '
-                         f'{sorted([*LAYOUTS, *LAYOUT_ALIASES])}')
-    return key
 
 
 def to_nnunet_labels(seg: np.ndarray, layout: str, where: str = 'segmentation') -> np.ndarray:
     """Source labels -> nnU-Net labels (uint8); :class:`ConversionError` naming ``where`` for unexpected values."""
     spec = LAYOUTS[canonical_layout(layout)]
-    _check_labels(seg, spec.allowed_labels, where)
+    check_labels(seg, spec.allowed_labels, where)
     return spec.to_nnunet_lut()[seg.astype(np.int64)]
 
 
 def to_source_labels(seg: np.ndarray, layout: str, where: str = 'prediction') -> np.ndarray:
     """nnU-Net labels (0-3) -> source convention (2020: 1->2, 2->1, 3->4; 2023: 1->2, 2->1, 3->3)."""
     spec = LAYOUTS[canonical_layout(layout)]
-    _check_labels(seg, [0, *sorted(NNUNET_LABEL_OF.values())], where)
+    check_labels(seg, [0, *sorted(NNUNET_LABEL_OF.values())], where)
     return spec.to_source_lut()[seg.astype(np.int64)]
 
 
-def _check_labels(seg: np.ndarray, allowed: Sequence[int], where: str) -> None:
-    if seg.dtype.kind == 'f':
-        if not np.all(np.isfinite(seg)):
-            raise ConversionError(f'{where}: NaN/Inf label values')
-        if not np.all(seg == np.round(seg)):
-            raise ConversionError(f'{where}: non-integer label values')
-    values = np.unique(seg)
-    unexpected = sorted(set(values.tolist()) - set(allowed))
-    if unexpected:
-        raise ConversionError(f'{where}: unexpected label value(s) {unexpected}; this layout allows {list(allowed)}')
-
-
 # --------------------------------------------------------------------------------------------------------------
-# finding and checking the source
-
-
-@dataclass
-class SourceCase:
-    name: str
-    folder: Path
-    files: dict = field(default_factory=dict)  # role -> Path
-
-
-def _is_nifti(name: str) -> bool:
-    return not name.startswith('.') and name.endswith(NIFTI_ENDINGS)
-
-
-def find_cases(source: Path, layout: str | None = None) -> tuple[str, list[SourceCase]]:
-    """Find the case folders under ``source`` and their files; returns ``(layout, cases)``.
-
-    Structural problems (no cases, unknown or duplicate files, a missing modality, mixed layouts) raise
-    :class:`ConversionError`; all problems found are listed.
-    """
-    source = Path(source)
-    if not source.is_dir():
-        raise ConversionError(f'source folder {source} does not exist or is not a folder')
-    expected = canonical_layout(layout) if layout else None
-    folders, empty = [], []
-    for root, dirs, files in os.walk(source):
-        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-        niftis = sorted(f for f in files if _is_nifti(f))
-        if niftis:
-            folders.append((Path(root), niftis))
-        elif not dirs and Path(root) != source:  # a leaf folder without images: an empty (or broken) case
-            empty.append(Path(root))
-    if not folders:
-        raise ConversionError(f'source folder {source} is empty: no NIfTI files (.nii.gz/.nii) found in it')
-
-    errors, cases, layouts_seen = [], [], {}
-    for folder in empty:
-        errors.append(f'case {folder.name}: empty case folder {folder} (no NIfTI file in it); remove it or add '
-                      f'the case\'s files')
-    for folder, niftis in folders:
-        if folder == source:
-            errors.append(f'{source / niftis[0]}: NIfTI files directly in the source folder; BraTS keeps one '
-                          f'folder per case')
-            continue
-        case = SourceCase(folder.name, folder)
-        case_layouts = set()
-        for f in niftis:
-            parsed = [(name, LAYOUTS[name].parse(f)) for name in LAYOUTS]
-            parsed = [(name, p) for name, p in parsed if p is not None and (expected is None or name == expected)]
-            if not parsed:
-                errors.append(f'case {case.name}: unexpected file {folder / f} (not a BraTS modality or '
-                              f'segmentation file of {"layout " + expected if expected else "any known layout"})')
-                continue
-            lay, (prefix, role) = parsed[0]
-            if prefix != case.name:
-                errors.append(f'case {case.name}: file {folder / f} does not belong to this case folder '
-                              f'(its name starts with {prefix!r})')
-                continue
-            if role in case.files:
-                errors.append(f'case {case.name}: extra file {folder / f} ({role} is already given by '
-                              f'{case.files[role]})')
-                continue
-            case.files[role] = folder / f
-            case_layouts.add(lay)
-        if len(case_layouts) > 1:
-            errors.append(f'case {case.name}: files of several layouts ({sorted(case_layouts)}) in {folder}')
-            continue
-        if not any(ch in case.files for ch in CHANNELS):
-            errors.append(f'case {case.name}: no modality image at all in {folder}')
-            continue
-        lay = case_layouts.pop()
-        layouts_seen.setdefault(lay, case.name)
-        spec = LAYOUTS[lay]
-        for ch in CHANNELS:
-            if ch not in case.files:
-                errors.append(f'case {case.name}: missing {ch} file {folder / spec.filename(case.name, ch)}')
-        cases.append(case)
-    if len(layouts_seen) > 1:
-        errors.append('source mixes layouts: ' + ', '.join(f'{lay} (e.g. case {c})' for lay, c in
-                                                            layouts_seen.items()))
-    seen = {}
-    for case in cases:
-        if case.name in seen:
-            errors.append(f'case name {case.name} occurs twice: {seen[case.name]} and {case.folder}')
-        seen.setdefault(case.name, case.folder)
-    if errors:
-        raise ConversionError(_join_errors(errors))
-    if not cases:
-        raise ConversionError(f'source folder {source} holds no BraTS case')
-    return next(iter(layouts_seen)), sorted(cases, key=lambda c: c.name)
-
-
-def _join_errors(errors: list[str], limit: int = 25) -> str:
-    """The problems on one line (a command reports an error on one line)."""
-    if len(errors) == 1:
-        return errors[0]
-    shown = '; '.join(errors[:limit])
-    more = f'; ... and {len(errors) - limit} more' if len(errors) > limit else ''
-    return f'{len(errors)} problems in the source: {shown}{more}'
-
-
-def _read(path: Path):
-    import SimpleITK as sitk
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise ConversionError(f'cannot read {path}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}')
-
-
-def check_case(case: SourceCase, layout: str) -> dict:
-    """Read every file of a case and check it; returns a summary (shape, spacing, labels present)."""
-    import SimpleITK as sitk
-    spec = LAYOUTS[layout]
-    reference_role = CHANNELS[0]
-    ref = None
-    nonzero = False
-    for role in [*CHANNELS, 'seg']:
-        if role not in case.files:
-            continue
-        path = case.files[role]
-        img = _read(path)
-        where = f'case {case.name}: {path}'
-        if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-            raise ConversionError(f'{where}: expected a 3D single-channel image, got dimension '
-                                  f'{img.GetDimension()} with {img.GetNumberOfComponentsPerPixel()} component(s)')
-        geometry = {'shape': img.GetSize(), 'spacing': img.GetSpacing(), 'origin': img.GetOrigin(),
-                    'direction': img.GetDirection()}
-        if ref is None:
-            ref, reference_role = geometry, role
-        else:
-            ref_file = case.files[reference_role]
-            if geometry['shape'] != ref['shape']:
-                raise ConversionError(f'{where}: shape {geometry["shape"]} differs from {ref["shape"]} of {ref_file}')
-            for key, tol in (('spacing', 1e-4), ('origin', 1e-3), ('direction', 1e-4)):
-                if not np.allclose(geometry[key], ref[key], rtol=0, atol=tol):
-                    raise ConversionError(f'{where}: {key} {tuple(round(v, 6) for v in geometry[key])} differs from '
-                                          f'{tuple(round(v, 6) for v in ref[key])} of {ref_file}')
-        array = sitk.GetArrayViewFromImage(img)
-        values = _check_voxels(path, where)
-        if role != 'seg':
-            nonzero = nonzero or values
-        if role == 'seg':
-            _check_labels(array, spec.allowed_labels, where)
-            labels = sorted(np.unique(array).astype(int).tolist())
-    if not nonzero:
-        raise ConversionError(f'case {case.name}: every modality image is all zero in {case.folder}; a case needs '
-                              f'at least one modality with content')
-    return {'case': case.name, 'shape': list(ref['shape']), 'spacing': list(ref['spacing']),
-            'labels': labels if 'seg' in case.files else None}
-
-
-def _check_voxels(path: Path, where: str) -> bool:
-    """Decode every stored voxel with nibabel and check it; returns whether any voxel is non-zero.
-
-    SimpleITK zero-fills a truncated ``.nii.gz`` and silently turns NaN into 0, so the file is decoded again with
-    nibabel, which raises on a truncated or corrupt stream; floating-point files are checked for NaN/Inf.
-    """
-    import nibabel as nib
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except Exception as e:  # nibabel cannot decode a file SimpleITK could: truncated or corrupt
-        raise ConversionError(f'{where}: cannot decode the voxel values, the file is truncated or corrupt '
-                              f'({type(e).__name__}: {str(e).strip() or "no detail"})') from e
-    if data.dtype.kind in 'fc':
-        bad = ~np.isfinite(data)
-        if bad.any():
-            raise ConversionError(f'{where}: {int(bad.sum())} NaN/Inf voxel(s)')
-    return bool(np.any(data))
-
-
-def _check_case_star(args):
-    return check_case(*args)
-
-
-def check_cases(cases: list[SourceCase], layout: str, num_processes: int = 1, progress: bool = True) -> list[dict]:
-    """:func:`check_case` for every case; all problems are collected into one :class:`ConversionError`."""
-    errors, summaries = [], []
-    jobs = [(c, layout) for c in cases]
-    if num_processes > 1:
-        with ProcessPoolExecutor(num_processes) as pool:
-            futures = [pool.submit(_check_case_star, j) for j in jobs]
-            for f in tqdm(futures, desc='checking cases', disable=not progress):
-                try:
-                    summaries.append(f.result())
-                except ConversionError as e:
-                    errors.append(str(e))
-    else:
-        for job in tqdm(jobs, desc='checking cases', disable=not progress):
-            try:
-                summaries.append(check_case(*job))
-            except ConversionError as e:
-                errors.append(str(e))
-    if errors:
-        raise ConversionError(_join_errors(errors))
-    return summaries
-
-
-# --------------------------------------------------------------------------------------------------------------
-# split files and target folders
-
-
-def read_split(split, cases: dict[str, SourceCase], source: Path) -> dict[str, list[str]]:
-    """Load and check a split (a shipped split's name or a JSON file, see :mod:`nnunet_missingmod.splits`); returns
-    ``{"train", "val", "test"}`` lists of source case names (published names mapped by
-    :func:`~nnunet_missingmod.splits.source_case_name`)."""
-    try:
-        path = split_file(split)
-    except ValueError as e:
-        raise ConversionError(str(e)) from e
-    label = f'split {path.stem}' if path.parent == SPLITS_FOLDER else f'split file {path}'
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConversionError(f'{label}: cannot read it as JSON ({e})') from e
-    if not isinstance(content, dict):
-        raise ConversionError(f'{label}: expected an object {{"train": [...], "val": [...], "test": [...]}}')
-    if 'validation' in content and 'val' not in content:
-        content['val'] = content.pop('validation')
-    unknown = sorted(set(content) - {'train', 'val', 'test', 'source'})
-    if unknown:
-        raise ConversionError(f'{label}: unknown key(s) {unknown}; expected train, val, test (and source)')
-    out = {}
-    for key in ('train', 'val', 'test'):
-        names = content.get(key, [])
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ConversionError(f'{label}: "{key}" must be a list of case names')
-        out[key] = list(names)
-    if not out['train']:
-        raise ConversionError(f'{label}: the "train" list is empty')
-    errors, owner, absent = [], {}, []
-    for key in ('train', 'val', 'test'):
-        resolved = []
-        for listed in out[key]:
-            n = source_case_name(listed, cases)
-            if n is None:
-                absent.append(listed)
-                continue
-            if n in owner:
-                errors.append(f'{label}: case {n} is listed in "{owner[n]}" and in "{key}"')
-                continue
-            owner[n] = key
-            resolved.append(n)
-            if key in ('train', 'val') and 'seg' not in cases[n].files:
-                errors.append(f'{label}: {key} case {n} has no segmentation file in {cases[n].folder}')
-        out[key] = resolved
-    if absent:
-        shown = ', '.join(absent[:10]) + (f' ... and {len(absent) - 10} more' if len(absent) > 10 else '')
-        errors.insert(0, f'{label}: {len(absent)} listed case(s) not in the source folder {source}: {shown}')
-    unlisted = sorted(set(cases) - set(owner))
-    if unlisted:
-        errors.append(f'{label}: {len(unlisted)} source case(s) are in no list, e.g. '
-                      f'{", ".join(unlisted[:5])}; list every case (or remove it from the source)')
-    if errors:
-        raise ConversionError(_join_errors(errors))
-    return out
+# target folders
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -480,12 +134,12 @@ def _copy_image(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
     else:
         import SimpleITK as sitk
-        sitk.WriteImage(_read(src), str(dst), useCompression=True)
+        sitk.WriteImage(read_image(src), str(dst), useCompression=True)
 
 
 def _write_seg(src: Path, dst: Path, layout: str) -> None:
     import SimpleITK as sitk
-    img = _read(src)
+    img = read_image(src)
     seg = to_nnunet_labels(sitk.GetArrayFromImage(img), layout, str(src))
     out = sitk.GetImageFromArray(seg)
     out.CopyInformation(img)
@@ -497,44 +151,6 @@ def _write_case(case: SourceCase, layout: str, images: Path, labels: Path | None
         _copy_image(case.files[name], images / f'{case.name}_{ch:04d}{FILE_ENDING}')
     if labels is not None and 'seg' in case.files:
         _write_seg(case.files['seg'], labels / f'{case.name}{FILE_ENDING}', layout)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def remove_stale_temporary_folders(parent: Path) -> list[Path]:
-    """Remove the ``.DatasetXXX_*.tmp-<pid>`` / ``.old-<pid>`` folders (and ``.*.json.tmp-<pid>`` files) that a
-    killed conversion left in ``parent``: those whose process is gone. Returns what was removed."""
-    import re
-    removed = []
-    if not parent.is_dir():
-        return removed
-    pattern = re.compile(r'^\.(Dataset\d{3}_.+\.(tmp|old)|.+\.json\.tmp)-(\d+)$')
-    for p in sorted(parent.iterdir()):
-        match = pattern.match(p.name)
-        if not match or int(match.group(3)) == os.getpid() or _pid_alive(int(match.group(3))):
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
-
-
-def _atomic_write_json(obj, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    tmp.write_text(json.dumps(obj, indent=4))
-    os.replace(tmp, path)
 
 
 def convert_brats(source, dataset_id: int, name: str | None = None, split=None, overwrite: bool = False,
@@ -570,12 +186,7 @@ def convert_brats(source, dataset_id: int, name: str | None = None, split=None, 
                               f', so there is nothing to train on')
     check_cases(cases, layout, num_processes, progress)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporary_folders(target.parent)
-    tmp = target.with_name(f'.{folder_name}.tmp-{os.getpid()}')
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    with atomic_folder(target) as tmp:
         images_tr, labels_tr = tmp / 'imagesTr', tmp / 'labelsTr'
         images_ts, labels_ts = tmp / 'imagesTs', tmp / 'labelsTs'
         for f in (images_tr, labels_tr):
@@ -598,27 +209,12 @@ def convert_brats(source, dataset_id: int, name: str | None = None, split=None, 
             converted_by='nnunet_missingmod.dataset_conversion.brats', source_layout=layout,
             source_label_mapping={str(spec.labels[c]): NNUNET_LABEL_OF[c] for c in ('ED', 'NCR', 'ET')})
         if assignment is not None:
-            (tmp / SPLITS_FINAL).write_text(json.dumps(_fold(assignment), indent=4))
-        if target.exists():
-            old = target.with_name(f'.{folder_name}.old-{os.getpid()}')
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            (tmp / SPLITS_FINAL).write_text(json.dumps(nnunet_folds(assignment), indent=4))
     if splits_file is not None:
         splits_file.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporary_folders(splits_file.parent)
-        _atomic_write_json(_fold(assignment), splits_file)
+        atomic_write_json(nnunet_folds(assignment), splits_file)
     return target
-
-
-def _fold(assignment: dict) -> list[dict]:
-    """nnU-Net's ``splits_final.json`` content: one fold, the split's train and val cases."""
-    return [{'train': assignment['train'], 'val': assignment['val']}]
 
 
 def convert_predictions_to_source(pred_dir, out_dir, layout: str, progress: bool = True) -> list[Path]:
@@ -631,15 +227,15 @@ def convert_predictions_to_source(pred_dir, out_dir, layout: str, progress: bool
         raise ConversionError(f'prediction folder {pred_dir} does not exist')
     if out_dir == pred_dir:
         raise ConversionError(f'output folder {out_dir} equals the prediction folder; choose another one')
-    files = sorted(p for p in pred_dir.iterdir() if p.is_file() and _is_nifti(p.name))
+    files = sorted(p for p in pred_dir.iterdir() if p.is_file() and is_nifti(p.name))
     if not files:
         raise ConversionError(f'prediction folder {pred_dir} holds no NIfTI file')
     for f in tqdm(files, desc='checking predictions', disable=not progress):
-        to_source_labels(sitk.GetArrayFromImage(_read(f)), layout, str(f))
+        to_source_labels(sitk.GetArrayFromImage(read_image(f)), layout, str(f))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for f in tqdm(files, desc='writing', disable=not progress):
-        img = _read(f)
+        img = read_image(f)
         out = sitk.GetImageFromArray(to_source_labels(sitk.GetArrayFromImage(img), layout, str(f)))
         out.CopyInformation(img)
         name = f.name if f.name.endswith('.nii.gz') else f.name + '.gz'
