@@ -66,12 +66,13 @@ from typing import Sequence
 
 import nibabel as nib
 import numpy as np
-from scipy import fft as sp_fft
 from scipy import ndimage
 from tqdm import tqdm
 
 from nnunet_missingmod.cli import ArgumentParser, command
-from nnunet_missingmod.dataset_conversion.brats import LAYOUTS, canonical_layout
+from nnunet_missingmod.dataset_conversion.brats_layouts import LAYOUTS, canonical_layout
+from nnunet_missingmod.dataset_conversion.synthetic_shapes import (blob, ellipsoid_distance, smooth_field,
+                                                                    voxel_coordinates)
 
 DEFAULT_SHAPE = (80, 96, 64)
 DEFAULT_SPACING = 2.0
@@ -98,72 +99,33 @@ TISSUE_INTENSITY = {
 }
 
 
-def _smooth_field(rng: np.random.Generator, shape: Sequence[int], scale: float) -> np.ndarray:
-    """Zero-mean, unit-std random field with correlation length about ``scale`` voxels (white noise low-passed
-    with a Gaussian of sigma ``scale / 2`` in the Fourier domain; periodic, which is harmless here)."""
-    noise = rng.standard_normal(tuple(shape), dtype=np.float32)
-    freqs = [sp_fft.fftfreq(s) for s in shape[:-1]] + [sp_fft.rfftfreq(shape[-1])]
-    k2 = sum(f.reshape([-1 if i == a else 1 for i in range(3)]).astype(np.float32) ** 2
-             for a, f in enumerate(freqs))
-    sigma = scale / 2
-    field = sp_fft.irfftn(sp_fft.rfftn(noise) * np.exp(-2 * np.pi ** 2 * sigma ** 2 * k2), s=tuple(shape))
-    field = field - field.mean()
-    return (field / (field.std() + 1e-12)).astype(np.float32)
-
-
-def _coords(shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return tuple(np.arange(s, dtype=np.float32).reshape([-1 if i == a else 1 for i in range(3)])
-                 for a, s in enumerate(shape))
-
-
-def _ellipsoid_distance(coords, centre, radii, rotation: np.ndarray | None = None) -> np.ndarray:
-    """Normalised ellipsoid distance (1 on the surface) of every voxel."""
-    d = [c - m for c, m in zip(coords, centre)]
-    if rotation is not None:
-        d = [rotation[i, 0] * d[0] + rotation[i, 1] * d[1] + rotation[i, 2] * d[2] for i in range(3)]
-    return np.sqrt(sum((di / r) ** 2 for di, r in zip(d, radii)))
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    return q * np.sign(np.diag(r))
-
-
-def _blob(rng, coords, shape, centre, radius, irregularity=0.25) -> np.ndarray:
-    """Irregular blob: a randomly rotated, anisotropic ellipsoid whose surface is perturbed by a smooth field."""
-    radii = radius * rng.uniform(0.75, 1.25, 3)
-    dist = _ellipsoid_distance(coords, centre, radii, _random_rotation(rng))
-    noise = _smooth_field(rng, shape, max(1.5, radius / 1.5))
-    return dist + irregularity * noise < 1.0
-
-
 def _anatomy(rng: np.random.Generator, shape: Sequence[int]):
-    coords = _coords(shape)
+    coords = voxel_coordinates(shape)
     shape_arr = np.asarray(shape, dtype=np.float64)
     centre = (shape_arr - 1) / 2 + rng.uniform(-0.02, 0.02, 3) * shape_arr
     radii = np.array([0.40, 0.42, 0.40]) * shape_arr * rng.uniform(0.93, 1.03, 3)
-    dist = _ellipsoid_distance(coords, centre, radii)
-    dist = dist + 0.05 * _smooth_field(rng, shape, min(shape) / 4)
+    dist = ellipsoid_distance(coords, centre, radii)
+    dist = dist + 0.05 * smooth_field(rng, shape, min(shape) / 4)
     brain = dist < 1.0
 
     tissue = np.zeros(shape, np.uint8)
     tissue[brain] = WM
     # cortical ribbon of varying thickness (gyri) with CSF in the sulci and on the surface
-    ribbon = dist + 0.06 * _smooth_field(rng, shape, max(2.0, min(shape) / 16)) > 0.82
+    ribbon = dist + 0.06 * smooth_field(rng, shape, max(2.0, min(shape) / 16)) > 0.82
     tissue[brain & ribbon] = GM
-    sulci = _smooth_field(rng, shape, max(1.5, min(shape) / 24)) > 0.9
+    sulci = smooth_field(rng, shape, max(1.5, min(shape) / 24)) > 0.9
     tissue[brain & ((ribbon & sulci) | (dist > 0.96))] = CSF
     # deep grey matter (thalamus / basal ganglia) on both sides
     for side in (-1, 1):
         c = centre + np.array([side * 0.19, -0.02, -0.06]) * shape_arr
         r = np.array([0.07, 0.11, 0.09]) * shape_arr * rng.uniform(0.85, 1.15, 3)
-        tissue[brain & (_ellipsoid_distance(coords, c, r) < 1.0)] = GM
+        tissue[brain & (ellipsoid_distance(coords, c, r) < 1.0)] = GM
     # lateral ventricles
     ventricles = np.zeros(shape, bool)
     for side in (-1, 1):
         c = centre + np.array([side * 0.07, 0.03, 0.06]) * shape_arr
         r = np.array([0.045, 0.20, 0.08]) * shape_arr * rng.uniform(0.8, 1.25, 3)
-        vd = _ellipsoid_distance(coords, c, r) + 0.15 * _smooth_field(rng, shape, max(1.5, min(shape) / 10))
+        vd = ellipsoid_distance(coords, c, r) + 0.15 * smooth_field(rng, shape, max(1.5, min(shape) / 10))
         ventricles |= vd < 1.0
     ventricles &= brain
     tissue[ventricles] = CSF
@@ -185,9 +147,9 @@ def _tumour(rng, coords, shape, brain, tissue, ventricles, dist):
     necrosis_frac = 0.0 if rng.random() < 0.12 else rng.uniform(0.35, 0.75)
     offset = rng.uniform(-1, 1, 3) * 0.3 * (oedema_r - core_r)
 
-    oedema = _blob(rng, coords, shape, centre, oedema_r)
-    core = _blob(rng, coords, shape, centre + offset, core_r, irregularity=0.2)
-    necrosis = (_blob(rng, coords, shape, centre + offset, core_r * necrosis_frac, irregularity=0.15)
+    oedema = blob(rng, coords, shape, centre, oedema_r)
+    core = blob(rng, coords, shape, centre + offset, core_r, irregularity=0.2)
+    necrosis = (blob(rng, coords, shape, centre + offset, core_r * necrosis_frac, irregularity=0.15)
                 if necrosis_frac > 0 else np.zeros(shape, bool))
     core &= brain
     necrosis &= core
@@ -200,13 +162,13 @@ def _tumour(rng, coords, shape, brain, tissue, ventricles, dist):
     else:
         rim = core & ~necrosis
         if kind == 'small_et':
-            patches = _smooth_field(rng, shape, max(1.5, core_r / 2)) > 1.0
+            patches = smooth_field(rng, shape, max(1.5, core_r / 2)) > 1.0
             seg[core] = NCR
             seg[rim & patches] = ET
         else:
             seg[rim] = ET
             seg[necrosis] = NCR
-    water = np.clip(0.5 + 0.12 * _smooth_field(rng, shape, max(1.5, oedema_r / 2)), 0.3, 0.7)
+    water = np.clip(0.5 + 0.12 * smooth_field(rng, shape, max(1.5, oedema_r / 2)), 0.3, 0.7)
     info = {'kind': str(kind), 'centre': [round(float(c), 2) for c in centre], 'oedema_radius': round(oedema_r, 2),
             'core_radius': round(core_r, 2), 'necrosis_fraction': round(float(necrosis_frac), 3)}
     return seg, water.astype(np.float32), info
@@ -226,10 +188,10 @@ def _metastases(rng, coords, shape, brain, tissue, ventricles, dist):
         centre = np.array(np.unravel_index(candidates[rng.integers(candidates.size)], shape), dtype=np.float64)
         core_r = brain_radius * rng.uniform(0.06, 0.14)
         oedema_r = core_r * rng.uniform(2.5, 4.0)
-        oedema |= _blob(rng, coords, shape, centre, oedema_r)
-        core |= _blob(rng, coords, shape, centre, core_r, irregularity=0.15)
+        oedema |= blob(rng, coords, shape, centre, oedema_r)
+        core |= blob(rng, coords, shape, centre, core_r, irregularity=0.15)
         if core_r > 0.09 * brain_radius and rng.random() < 0.6:   # ring enhancement around a necrotic centre
-            necrosis |= _blob(rng, coords, shape, centre, core_r * rng.uniform(0.4, 0.6), irregularity=0.1)
+            necrosis |= blob(rng, coords, shape, centre, core_r * rng.uniform(0.4, 0.6), irregularity=0.1)
         lesions.append({'centre': [round(float(c), 2) for c in centre], 'core_radius': round(core_r, 2),
                         'oedema_radius': round(oedema_r, 2)})
     core &= brain
@@ -237,7 +199,7 @@ def _metastases(rng, coords, shape, brain, tissue, ventricles, dist):
     seg[oedema & brain & ~ventricles] = ED
     seg[core] = ET
     seg[core & necrosis] = NCR
-    water = np.clip(0.5 + 0.12 * _smooth_field(rng, shape, 2.0), 0.3, 0.7)
+    water = np.clip(0.5 + 0.12 * smooth_field(rng, shape, 2.0), 0.3, 0.7)
     return seg, water.astype(np.float32), {'kind': 'metastasis', 'lesions': lesions}
 
 
@@ -280,10 +242,10 @@ def _modality_image(rng, m: int, shape, brain, tissue, seg, water) -> np.ndarray
     img[seg == NCR] = val['necrosis']
     img[seg == ET] = val['enhancing']
     tumour = seg > 0
-    texture = 1 + np.where(tumour, 0.06, 0.03) * _smooth_field(rng, shape, 2.0)
+    texture = 1 + np.where(tumour, 0.06, 0.03) * smooth_field(rng, shape, 2.0)
     img *= texture
     img = ndimage.gaussian_filter(img, 0.6)
-    img *= np.exp(rng.uniform(0.05, 0.15) * _smooth_field(rng, shape, max(shape) / 2.5))
+    img *= np.exp(rng.uniform(0.05, 0.15) * smooth_field(rng, shape, max(shape) / 2.5))
     sigma = rng.uniform(0.02, 0.045) * val['wm']
     img = np.sqrt((img + sigma * rng.standard_normal(shape, dtype=np.float32)) ** 2
                   + (sigma * rng.standard_normal(shape, dtype=np.float32)) ** 2)
