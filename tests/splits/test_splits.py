@@ -145,7 +145,8 @@ def test_bad_split_is_one_line_and_writes_nothing(env, source, tmp_path, split, 
 def test_shipped_splits_resolve_against_the_official_case_folder_names(tmp_path):
     """The official BraTS 2020 folders (BraTS20_Training_001 ... 369) take rfnet2020 with its HG_/LG_ names; the
     BraTS 2018 and 2021 lists are folder names already."""
-    from nnunet_missingmod.dataset_conversion.brats import SourceCase, read_split
+    from nnunet_missingmod.dataset_conversion.brats_layouts import SourceCase
+    from nnunet_missingmod.dataset_conversion.brats_splits import read_split
 
     def folders(names):
         return {n: SourceCase(n, tmp_path / n, {'seg': tmp_path / n / f'{n}_seg.nii.gz'}) for n in names}

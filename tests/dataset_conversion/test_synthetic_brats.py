@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 from nnunet_missingmod.dataset_conversion import synthetic_brats as sb
-from nnunet_missingmod.dataset_conversion.brats import LAYOUTS
+from nnunet_missingmod.dataset_conversion.brats_layouts import LAYOUTS
 
 SMALL = (40, 48, 32)
 
