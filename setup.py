@@ -30,9 +30,9 @@ setup(
         'nnUNetv2_mm_demo = nnunet_missingmod.demo:main',
         'nnUNetv2_mm_predict = nnunet_missingmod.inference.predict:main',
         'nnUNetv2_mm_benchmark = nnunet_missingmod.evaluation.benchmark:main',
-        'nnUNetv2_mm_ciml_gradcam = nnunet_missingmod.inference.ciml_gradcam:main',
-        'nnUNetv2_mm_perf = nnunet_missingmod.evaluation.perf:main',
-        'nnUNetv2_mm_benchmark_cost = nnunet_missingmod.evaluation.benchmark_cost:main',
+        'nnUNetv2_mm_ciml_gradcam = nnunet_missingmod.methods.ciml.gradcam:main',
+        'nnUNetv2_mm_perf = nnunet_missingmod.profiling.perf:main',
+        'nnUNetv2_mm_benchmark_cost = nnunet_missingmod.profiling.benchmark_cost:main',
         'nnUNetv2_mm_compare = nnunet_missingmod.evaluation.compare:main',
     ]},
 )

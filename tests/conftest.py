@@ -37,7 +37,7 @@ SHAPE = (48, 56, 40)
 
 
 #: fixtures that plan, preprocess or train with nnU-Net's commands: a test that uses one (directly or through another
-#: fixture) is marked ``slow``, as are the DDP tests (process spawns); ``pytest -m "not slow"`` runs the rest
+#: fixture) is marked ``slow``, as are every test under tests/e2e/ and the DDP tests (process spawns); ``pytest -m "not slow"`` runs the rest
 SLOW_FIXTURES = {'nnunet_dataset', 'trained_model'}
 
 
@@ -48,7 +48,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())) or 'ddp' in item.name.lower() or \
+        if 'e2e' in item.path.parts or SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())) or 'ddp' in item.name.lower() or \
                 item.get_closest_marker('slow'):
             item.add_marker(pytest.mark.slow)
 

@@ -1,7 +1,7 @@
 """Multi-encoder fusion U-Net built from nnU-Net plans: one encoder per modality, fused skips, one decoder.
 
 :class:`MultiEncoderFusionUNet` is the shared backbone of the fusion trainers
-(:mod:`nnunet_missingmod.training.fusion_trainers`):
+(:mod:`nnunet_missingmod.methods.fusion.trainers`, :mod:`nnunet_missingmod.methods.smsn.trainers`):
 
 * **Encoders**: one ``PlainConvEncoder`` per modality with the plans' stages, strides, kernel sizes, convs per
   stage and conv/norm/dropout/nonlin ops (resolved from ``_kw_requires_import`` like nnU-Net's
@@ -17,7 +17,7 @@
   modality dropout ``M / E[#present] = 15/8`` times the encoder FLOPs and activations of the former
   per-modality sub-batches (on the 2-core CPU this did not pay: README, "Compute"; it is made for the GPU).
 * **Skips**: mean over the present modalities at every resolution except the bottleneck.
-* **Bottleneck**: a fusion module (:mod:`nnunet_missingmod.networks.fusion`) gets the ``(B, M, C, *spatial)``
+* **Bottleneck**: a fusion module (:mod:`nnunet_missingmod.methods.fusion.modules`, :mod:`nnunet_missingmod.methods.smsn.fusion`) gets the ``(B, M, C, *spatial)``
   stack, the mask and the input image ``x`` (SMSN's reconstruction loss rebuilds the input modalities; the
   other fusions ignore it) and returns the fused map plus its auxiliary losses (the network's
   ``NetworkOutput.losses``; it has no extras). It is built with the plans'
@@ -36,7 +36,7 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 
 from nnunet_missingmod.networks.base import MissingModalityNetwork
-from nnunet_missingmod.networks.fusion import masked_mean
+from nnunet_missingmod.networks.masking import masked_mean
 from nnunet_missingmod.networks.grouped import grouped_forward
 from nnunet_missingmod.networks.outputs import NetworkOutput
 from nnunet_missingmod.networks.plans import PlansArchitecture, scale_widths

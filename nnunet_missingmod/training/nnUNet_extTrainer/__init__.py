@@ -1,7 +1,7 @@
 """Folder that ``nnUNet_extTrainer`` points at: only modules that re-export our trainers.
 
 The trainers are found, not listed: :func:`discover_trainers` imports every module under
-``nnunet_missingmod.training`` and walks the subclasses of ``nnUNetTrainerMissingModality`` recursively, so a new
+``nnunet_missingmod.training`` and ``nnunet_missingmod.methods`` and walks the subclasses of ``nnUNetTrainerMissingModality`` recursively, so a new
 trainer in any training module is re-exported (and found by ``nnUNetv2_train``) without touching this folder.
 """
 from __future__ import annotations
@@ -9,22 +9,23 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-_TRAINING = 'nnunet_missingmod.training'
+#: the packages whose modules define trainers: the base trainers and one folder per method
+_PACKAGES = ('nnunet_missingmod.training', 'nnunet_missingmod.methods')
 
 
 def discover_trainers(module: str | None = None) -> dict:
     """``{name: class}`` of ``nnUNetTrainerMissingModality`` and all its subclasses defined in the modules of
-    ``nnunet_missingmod.training`` (this re-export folder excluded), sorted by name; ``module`` restricts to the
-    classes of one module (e.g. ``'nnunet_missingmod.training.ciml_trainer'``).
+    ``nnunet_missingmod.training`` and ``nnunet_missingmod.methods`` (this re-export folder excluded), sorted by
+    name; ``module`` restricts to the classes of one module (e.g. ``'nnunet_missingmod.methods.ciml.trainers'``).
 
     Subclasses defined elsewhere (tests, user code) are not ours and are left out. Two trainers with one name would
     make nnU-Net's lookup by name ambiguous: that is an error.
     """
-    training = importlib.import_module(_TRAINING)
-    for info in pkgutil.walk_packages(training.__path__, _TRAINING + '.'):
-        if info.name == __name__ or info.name.startswith(__name__ + '.'):
-            continue
-        importlib.import_module(info.name)
+    for package in _PACKAGES:
+        for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + '.'):
+            if info.name == __name__ or info.name.startswith(__name__ + '.'):
+                continue
+            importlib.import_module(info.name)
     from nnunet_missingmod.training.missing_modality_trainer import nnUNetTrainerMissingModality
 
     found, stack, seen = {}, [nnUNetTrainerMissingModality], set()
@@ -34,7 +35,7 @@ def discover_trainers(module: str | None = None) -> dict:
             continue
         seen.add(cls)
         stack.extend(cls.__subclasses__())
-        if not cls.__module__.startswith(_TRAINING + '.') or cls.__module__.startswith(__name__):
+        if not cls.__module__.startswith(tuple(p + '.' for p in _PACKAGES)) or cls.__module__.startswith(__name__):
             continue
         if module is not None and cls.__module__ != module:
             continue

@@ -2,7 +2,7 @@
 :func:`~nnunet_missingmod.training.nnUNet_extTrainer.discover_trainers` (no list kept by hand).
 
 nnU-Net imports the modules of this folder as top-level modules and looks up the trainer by name; the classes
-themselves live in ``nnunet_missingmod.training`` so that they keep importable, picklable module paths.
+themselves live in ``nnunet_missingmod.training`` and ``nnunet_missingmod.methods`` so that they keep importable, picklable module paths.
 """
 from nnunet_missingmod.training.nnUNet_extTrainer import discover_trainers
 

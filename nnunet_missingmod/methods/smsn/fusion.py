@@ -1,0 +1,260 @@
+"""SMSN's bottleneck fusion module for the multi-encoder U-Net
+(:class:`~nnunet_missingmod.networks.multi_encoder.MultiEncoderFusionUNet`), built and called like the parallel
+fusions of :mod:`nnunet_missingmod.methods.fusion.modules` (whose docstring states the protocol), reading the
+network input for its reconstruction loss.
+
+T. Liu, X. Yang, W. Wang, A. Nguyen, H. Jiang, K. Huang, "Sequential Information Bottleneck Fusion: Towards Robust
+and Generalizable Multi-Modal Brain Tumor Segmentation" ("the paper" below).
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, get_matching_convtransp
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
+from torch import nn
+
+from nnunet_missingmod.losses.gaussian import gaussian_kl_standard_normal
+from nnunet_missingmod.methods.fusion.modules import Losses
+from nnunet_missingmod.methods.smsn.losses import masked_reconstruction_loss, orthogonality_loss
+from nnunet_missingmod.networks.masking import masked_mean
+from nnunet_missingmod.networks.transformer import ModalityTransformer
+
+
+#: the re-ordering modes of SMSN (Table 8 and Table 4)
+ORDER_MODES = ('random', 'random_only', 'fixed', 'none')
+
+
+def _as_stride_lists(strides: Sequence | None, ndim: int) -> List[List[int]]:
+    """The plans' strides (ints or per-axis lists) as per-axis lists; ``None`` -> no down-sampling."""
+    if strides is None:
+        return []
+    return [list(s) if isinstance(s, (list, tuple)) else [int(s)] * ndim for s in strides]
+
+
+class ReconstructionDecoder(nn.Module):
+    """A narrow decoder ``psi`` from a bottleneck latent back to input modalities (SMSN Eq. 6).
+
+    ``(B, in_channels, *bottleneck)`` -> ``(B, out_channels, *patch)``, following the encoder's down-sampling
+    stages (the plans' ``strides``) in reverse: every stage but the last is a transposed convolution (kernel =
+    stride) followed by one conv-norm-nonlin block (dynamic_network_architectures ``ConvDropoutNormReLU``,
+    kernel 3, no dropout); the last stage is a transposed convolution straight to one output channel per
+    reconstructed modality, so nothing but that one cheap layer runs at the patch resolution. The width is
+    ``base_channels`` at half the patch resolution and doubles per coarser stage up to ``max_channels``. Measured
+    on the CPU (plans 16-32-64-128, 48^3 patches, batch 2): an 8-channel conv block at the patch resolution made
+    the two decoders add 22 % to SMSN's training step; this layout adds 2 %. Without down-sampling the decoder
+    is a single 1x1 convolution.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, strides: Sequence | None, block_kwargs: dict,
+                 base_channels: int = 8, max_channels: int = 64):
+        super().__init__()
+        conv_op = block_kwargs['conv_op']
+        ndim = convert_conv_op_to_dim(conv_op)
+        transposed = get_matching_convtransp(conv_op)
+        ups = [s for s in _as_stride_lists(strides, ndim) if any(i > 1 for i in s)][::-1]   # bottleneck first
+        layers: List[nn.Module] = []
+        channels = in_channels
+        for j, stride in enumerate(ups[:-1]):
+            width = min(base_channels * 2 ** (len(ups) - 2 - j), max_channels)
+            layers.append(transposed(channels, width, stride, stride, bias=True))
+            layers.append(ConvDropoutNormReLU(
+                conv_op, width, width, 3, 1, bool(block_kwargs.get('conv_bias', True)),
+                block_kwargs.get('norm_op'), block_kwargs.get('norm_op_kwargs'), None, None,
+                block_kwargs.get('nonlin'), block_kwargs.get('nonlin_kwargs'), block_kwargs.get('nonlin_first', False)))
+            channels = width
+        layers.append(transposed(channels, out_channels, ups[-1], ups[-1], bias=True) if ups
+                      else conv_op(channels, out_channels, 1))
+        self.layers = nn.Sequential(*layers)
+        self.scale = [int(np.prod([s[d] for s in ups])) for d in range(ndim)] if ups else [1] * ndim
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.layers(latent)
+
+
+class SMSNFusion(nn.Module):
+    """SMSN's information-bottleneck fusion module (IBFM) + modality-specific feature extraction (the paper's
+    Sec. 4; "Table n" below are the paper's tables).
+
+    Per sample:
+
+    1. **Re-ordering** (``order_mode``): ``'random'`` (paper) -- a uniformly drawn *available* modality first, the
+       remaining ``M - 1`` (present or not) in uniformly random order; ``'random_only'`` -- a uniform random
+       permutation (Table 8, "Random only"); ``'fixed'`` -- the order stored in the buffer :attr:`order` (Table 8
+       "Fixed 1/2"; the trainer writes it from modality names, it is saved with the checkpoint); ``'none'`` --
+       channel order (Table 4, no re-ordering). The random draws come from the NumPy generator :attr:`rng` (the
+       trainer replaces it by its own seeded generator, so a seeded run repeats). **Eval mode** is
+       deterministic: ``'random'`` and ``'random_only'`` both take the present modalities first, each group in
+       :attr:`order` (default channel order) -- Table 8 compares *training-time* orderings, so "Random only"
+       differs from the paper's strategy only in training; ``'fixed'`` keeps its fixed order and ``'none'``
+       the channel order (those ablations have no ordering strategy at all, in training or inference).
+    2. **Two-stage IB fusion** (Eq. 4-5): stage I maps ``[x_1, x_2]`` (channel concatenation of the first two
+       modality features in the drawn order) to a diagonal Gaussian ``(mu_1, logvar_1)`` with ``K_1`` channels;
+       stage II maps ``[z_1, x_3, ..., x_M]`` to ``(mu_2, logvar_2)`` with ``K_2`` channels. Generalisation to
+       ``M`` modalities: the first two always form stage I and stage II takes *all* the remaining ``M - 2``
+       (for ``M = 4`` exactly the paper's ``[z_1, x_3, x_4]``; for ``M = 2`` stage II refines ``z_1`` alone).
+       Missing modalities enter as zero features, as in the paper ("a missing modality (represented as a zero
+       tensor)"). The Gaussian heads are per-voxel MLPs (1x1 convolutions) whose last layer starts at zero, so
+       that ``mu = 0, logvar = 0`` (the prior) at initialisation. (He-initialised, stage I's log-variances
+       reached 6 on a random batch, so ``z_1`` samples reached ~30, which drove stage II's log-variances to 19:
+       ``KL ~ 7e10`` nats/sample.) ``z`` is
+       reparameterised in training and the mean is used in eval mode. ``L_e`` (loss ``'kl'``, Eq. 5) is the sum
+       over the two stages of the KL to ``N(0, I)`` in **nats per sample** (summed over all latent dimensions
+       -- channels x voxels -- averaged over the batch, float32), the variational-IB reduction.
+    3. **Reconstruction** (Eq. 6, loss ``'recon'``): two small decoders (:class:`ReconstructionDecoder`) rebuild the
+       *input modalities* at the patch resolution: ``psi_0(z_1)`` the first two modalities of the drawn order,
+       ``psi_1(z_2)`` the remaining ``M - 2`` (the equation's ``z_0/z_1`` subscripts are read as the two stage
+       outputs ``z_1/z_2``, as its text says). Loss: the unit-variance Gaussian NLL per voxel
+       (``0.5 * squared error``, nats/voxel), summed over the *present* modalities only (``M_i = 1``; a missing
+       modality contributes exactly zero), weighted ``beta`` (stage I, default 0.7) and ``gamma`` (stage II,
+       default 0.3) -- the best pair of Table 5 and the setting of Tables 2 and 4. Needs the network input
+       (``image``) in training.
+    4. **Specific feature extraction** (Sec. 4): ``z_2`` is projected to ``C`` channels (``z~_2``) so that it can
+       be added to the modality features; a transformer runs over the voxels of the ``M`` modality feature maps
+       and ``z~_2`` (missing modalities masked out of attention) and its output is split back into ``x_{s_i}``.
+       ``L_o`` (loss ``'orth'``) is ``sum_i (z~_2 . x_{s_i})^2`` per voxel, summed over the present modalities,
+       averaged over voxels and samples, with the dot product read as the cosine similarity by default
+       (``orthogonality_normalize=True``): the paper's raw dot product grows with the feature width and scale
+       and swamped the segmentation gradient in our measurements (see ``nnUNetTrainerSMSN``);
+       ``orthogonality_normalize=False`` is the raw dot product, see
+       :func:`~nnunet_missingmod.methods.smsn.losses.orthogonality_loss`.
+       ``x'_i = x_{s_i} + z~_2``; the decoder gets the mean of ``x'_i`` over the present modalities. Without the
+       specific module (Table 4 ablation) ``x'_i = x_i + z~_2`` and there is no ``L_o``.
+
+    ``bottleneck_sizes`` are ``(K_1, K_2)``; the paper's best (Table 9) is 128 and 256 for 128-channel modality
+    features, i.e. ``(C, 2C)``, the default. ``strides`` are the encoder's strides (needed by the reconstruction
+    decoders to reach the patch resolution; ``None`` = the image has the bottleneck's resolution).
+    """
+
+    def __init__(self, num_modalities: int, channels: int, block_kwargs: dict, kernel_size: Sequence[int],
+                 bottleneck_sizes: Tuple[int, int] | None = None, order_mode: str = 'random',
+                 use_reconstruction: bool = True, use_specific: bool = True, use_orthogonality: bool = True,
+                 beta: float = 0.7, gamma: float = 0.3, num_heads: int = 8, depth: int = 1, mlp_ratio: float = 2.0,
+                 strides: Sequence | None = None, reconstruction_channels: int = 8,
+                 orthogonality_normalize: bool = True):
+        super().__init__()
+        if num_modalities < 2:
+            raise ValueError(f"SMSN fuses modalities sequentially and needs at least 2, got {num_modalities}")
+        if order_mode not in ORDER_MODES:
+            raise ValueError(f"unknown order_mode {order_mode!r}; choose one of {ORDER_MODES}")
+        if use_orthogonality and not use_specific:
+            raise ValueError("the orthogonality loss acts on the specific features: it needs use_specific=True")
+        conv_op = block_kwargs['conv_op']
+        k1, k2 = bottleneck_sizes if bottleneck_sizes is not None else (channels, 2 * channels)
+        self.num_modalities, self.channels = num_modalities, channels
+        self.order_mode = order_mode
+        self.use_reconstruction, self.use_specific, self.use_orthogonality = \
+            use_reconstruction, use_specific, use_orthogonality
+        self.orthogonality_normalize = orthogonality_normalize
+        self.beta, self.gamma = beta, gamma
+        #: generator of the fusion order (the trainer hands its seeded generator to every module with an ``rng``)
+        self.rng = np.random.default_rng()
+        self.register_buffer('order', torch.arange(num_modalities))
+        self.stage1 = self._gaussian_head(conv_op, 2 * channels, k1)
+        self.stage2 = self._gaussian_head(conv_op, k1 + (num_modalities - 2) * channels, k2)
+        self.common = conv_op(k2, channels, 1)
+        if use_reconstruction:
+            self.reconstruct1 = ReconstructionDecoder(k1, 2, strides, block_kwargs, reconstruction_channels)
+            self.reconstruct2 = ReconstructionDecoder(k2, num_modalities - 2, strides, block_kwargs,
+                                                      reconstruction_channels) if num_modalities > 2 else None
+        if use_specific:
+            self.specific = ModalityTransformer(num_modalities + 1, channels, conv_op, num_heads, depth, mlp_ratio)
+        self.reset_gaussian_heads()
+
+    @staticmethod
+    def _gaussian_head(conv_op, in_channels: int, latent: int) -> nn.Sequential:
+        return nn.Sequential(conv_op(in_channels, latent, 1), nn.LeakyReLU(1e-2), conv_op(latent, 2 * latent, 1))
+
+    def reset_gaussian_heads(self) -> None:
+        """Zero the last layer of both Gaussian heads: ``mu = 0, logvar = 0`` (the prior, KL = 0) at the start.
+
+        :class:`~nnunet_missingmod.networks.multi_encoder.MultiEncoderFusionUNet` calls it again (through
+        :meth:`after_weight_init`) after its He initialisation of all convolutions."""
+        for head in (self.stage1, self.stage2):
+            nn.init.zeros_(head[-1].weight)
+            if head[-1].bias is not None:
+                nn.init.zeros_(head[-1].bias)
+
+    def after_weight_init(self) -> None:
+        """Called by the network after its He initialisation of every convolution."""
+        self.reset_gaussian_heads()
+
+    def set_order(self, order: Sequence[int]) -> None:
+        """Set the fixed / eval priority order (channel indices, a permutation of ``range(M)``)."""
+        if sorted(int(i) for i in order) != list(range(self.num_modalities)):
+            raise ValueError(f"order {list(order)} is not a permutation of range({self.num_modalities})")
+        self.order.copy_(torch.as_tensor(list(order), dtype=torch.long))
+
+    def draw_order(self, availability: torch.Tensor) -> torch.Tensor:
+        """``(B, M)`` per-sample fusion order (channel indices), see step 1 of the class docstring."""
+        b, m = availability.shape
+        device = availability.device
+        base = self.order.to(device).expand(b, m)
+        if self.order_mode == 'fixed':
+            return base
+        if self.order_mode == 'none':
+            return torch.arange(m, device=device).expand(b, m)
+        if not self.training:               # 'random' and 'random_only': present first, each group in ``order``
+            missing_in_base = (~availability.gather(1, base)).to(torch.uint8)
+            return base.gather(1, torch.sort(missing_in_base, dim=1, stable=True).indices)
+        keys = torch.from_numpy(self.rng.random((b, m))).to(device)
+        if self.order_mode == 'random':
+            draw = torch.from_numpy(self.rng.random((b, m))).to(device)
+            first = torch.where(availability, draw, -1.0).argmax(1)
+            keys[torch.arange(b, device=device), first] = -1.0
+        return keys.argsort(1)
+
+    def _sample(self, head: nn.Module, inputs: torch.Tensor):
+        mu, logvar = head(inputs).chunk(2, dim=1)
+        if not self.training:
+            return mu, mu, logvar
+        std = torch.exp(0.5 * logvar.float())             # float32: exp overflows in half precision
+        return (mu.float() + torch.randn_like(std) * std).to(mu.dtype), mu, logvar
+
+    def _reconstruction_loss(self, decoder: ReconstructionDecoder, latent: torch.Tensor, image: torch.Tensor,
+                             mask: torch.Tensor) -> torch.Tensor:
+        prediction = decoder(latent)
+        if prediction.shape[2:] != image.shape[2:]:
+            raise ValueError(f"the reconstruction decoder gives {tuple(prediction.shape[2:])} voxels from a "
+                             f"{tuple(latent.shape[2:])} bottleneck (strides up-sample x{decoder.scale}), the image "
+                             f"has {tuple(image.shape[2:])}: pass the encoder's strides to SMSNFusion")
+        return masked_reconstruction_loss(prediction, image, mask)
+
+    def forward(self, features: torch.Tensor, availability: torch.Tensor, image: torch.Tensor | None = None
+                ) -> Tuple[torch.Tensor, Losses]:
+        b, m, c = features.shape[:3]
+        order = self.draw_order(availability)
+        rows = torch.arange(b, device=features.device)[:, None]
+        ordered, ordered_mask = features[rows, order], availability[rows, order]
+
+        z1, mu1, logvar1 = self._sample(self.stage1, ordered[:, :2].flatten(1, 2))
+        z2, mu2, logvar2 = self._sample(self.stage2, torch.cat([z1, ordered[:, 2:].flatten(1, 2)], 1))
+        common = self.common(z2)
+
+        losses: Losses = {}
+        if self.training:
+            losses['kl'] = gaussian_kl_standard_normal(mu1, logvar1) + gaussian_kl_standard_normal(mu2, logvar2)
+            if self.use_reconstruction:
+                if image is None:
+                    raise ValueError("SMSN's reconstruction loss (Eq. 6) needs the input image: call "
+                                     "fusion(features, availability, image) in training")
+                target = image[rows, order]
+                recon = self.beta * self._reconstruction_loss(self.reconstruct1, z1, target[:, :2],
+                                                              ordered_mask[:, :2])
+                if self.reconstruct2 is not None:
+                    recon = recon + self.gamma * self._reconstruction_loss(self.reconstruct2, z2, target[:, 2:],
+                                                                           ordered_mask[:, 2:])
+                losses['recon'] = recon
+
+        if self.use_specific:
+            maps = torch.cat([features, common[:, None]], 1)
+            pad = torch.cat([~availability, availability.new_zeros(b, 1)], 1)
+            specific = self.specific(maps, pad)[:, :m]
+            if self.training and self.use_orthogonality:
+                losses['orth'] = orthogonality_loss(specific, common, availability,
+                                                 normalize=self.orthogonality_normalize)
+        else:
+            specific = features
+        return masked_mean(specific + common[:, None], availability), losses

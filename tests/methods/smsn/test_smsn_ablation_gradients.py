@@ -1,0 +1,115 @@
+"""Every SMSN ablation/option trainer trains a different model: on the same batch, with the same weights where
+the architectures agree and the same random draws, its loss gradient differs from ``nnUNetTrainerSMSN``'s.
+
+The recipe (conftest's ``make_trainer``, ``copy_matching_weights``, ``loss_gradients``,
+``relative_gradient_difference``): build both trainers, copy the default's weights into the variant wherever
+name and shape match, give both the same seeded NumPy generator (fusion order) and torch seed (reparameterisation
+noise), run ``forward_loss`` on the same data / deep-supervision target / availability and compare the gradients
+over the parameters both have (same name and shape): ``||g_variant - g_default|| / ||g_default||``. A second
+copy of the default trainer gives ~0, so the test would notice a variant that is the default model in disguise.
+"""
+import pytest
+import torch
+
+from conftest import copy_matching_weights, loss_gradients, make_trainer, relative_gradient_difference
+from nnunet_missingmod.training.nnUNet_extTrainer import missingmod_trainers as ft
+
+torch.set_num_threads(1)
+
+SEED = 0
+#: the relative gradient difference every variant must exceed. Measured (CPU, seed 0): noLr 0.070, fixed1 0.42,
+#: randomOnly 0.44 (missing-modality mask), fixed2 0.44, noReorder 0.51, noSpecific 0.86, noLo 0.86,
+#: bottleneck* 1.24-1.30; the default against its own copy 0.0
+MARGIN = 0.04
+#: modalities present per sample: every sample misses some, so that "Random only" can put a missing one first
+MISSING = torch.tensor([[False, True, False, True], [True, False, False, False]])
+ALL_PRESENT = torch.ones(2, 4, dtype=torch.bool)
+#: std of the Gaussian heads' last-layer weights of the compared networks (see the ``default`` fixture)
+HEAD_STD = 0.1
+
+VARIANTS = {
+    ft.nnUNetTrainerSMSN_noReorder: ALL_PRESENT, ft.nnUNetTrainerSMSN_noLr: ALL_PRESENT,
+    ft.nnUNetTrainerSMSN_noLo: ALL_PRESENT, ft.nnUNetTrainerSMSN_noSpecific: ALL_PRESENT,
+    ft.nnUNetTrainerSMSN_fixed1: ALL_PRESENT, ft.nnUNetTrainerSMSN_fixed2: ALL_PRESENT,
+    ft.nnUNetTrainerSMSN_randomOnly: MISSING,
+    ft.nnUNetTrainerSMSN_bottleneck64_64: ALL_PRESENT, ft.nnUNetTrainerSMSN_bottleneck64_128: ALL_PRESENT,
+    ft.nnUNetTrainerSMSN_bottleneck256_512: ALL_PRESENT, ft.nnUNetTrainerSMSN_bottleneck512_512: ALL_PRESENT,
+}
+
+
+def test_every_smsn_variant_trainer_is_covered():
+    variants = {cls for cls in vars(ft).values()
+                if isinstance(cls, type) and issubclass(cls, ft.nnUNetTrainerSMSN) and cls is not ft.nnUNetTrainerSMSN}
+    assert variants == set(VARIANTS)
+
+
+def batch():
+    g = torch.Generator().manual_seed(SEED)
+    data = torch.randn(2, 4, 16, 16, 16, generator=g)
+    target = [(torch.rand(2, 3, 16 // 2 ** i, 16 // 2 ** i, 16 // 2 ** i, generator=g) > 0.5).float()
+              for i in range(3)]
+    return data, target
+
+
+def gradients(trainer, availability):
+    """Loss gradients on the fixed batch (missing modalities zero-filled), seeded draws; by parameter name."""
+    data, target = batch()
+    return loss_gradients(trainer, data * availability[:, :, None, None, None], target, availability, SEED)
+
+
+def shared_names(a, b):
+    """Parameters both networks have, with the same name and shape."""
+    own = dict(b.network.named_parameters())
+    return [n for n, p in a.network.named_parameters() if n in own and own[n].shape == p.shape]
+
+
+@pytest.fixture(scope='module')
+def default(tmp_path_factory):
+    """The default trainer a little past initialisation: its Gaussian heads end in zero layers (``mu = 0``,
+    ``logvar = 0``), so at the very first step the fused latent is input-independent noise and the fusion order
+    and ``L_r`` reach the shared parameters only through those last layers. Weights ``N(0, 0.1^2)`` there (copied
+    into every variant like all other weights) make the comparison one of a network that has started learning."""
+    trainer = make_trainer(ft.nnUNetTrainerSMSN, tmp_path_factory.mktemp('smsn'), seed=SEED)
+    g = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for head in (trainer.bare_network.fusion.stage1, trainer.bare_network.fusion.stage2):
+            head[-1].weight.copy_(torch.randn(head[-1].weight.shape, generator=g) * HEAD_STD)
+    return trainer
+
+
+@pytest.mark.parametrize('availability', [ALL_PRESENT, MISSING], ids=['all', 'missing'])
+def test_default_against_a_copy_of_itself_is_the_same(default, availability, tmp_path):
+    twin = make_trainer(ft.nnUNetTrainerSMSN, tmp_path, seed=SEED + 1)     # other initial weights ...
+    copied = copy_matching_weights(default.network, twin.network)
+    assert len(copied) == len(list(default.network.parameters()))           # ... all replaced
+    difference = relative_gradient_difference(gradients(twin, availability), gradients(default, availability),
+                                              shared_names(default, twin))
+    assert difference < 1e-5
+
+
+@pytest.mark.parametrize('variant', list(VARIANTS), ids=lambda cls: cls.__name__.split('_', 1)[1])
+def test_variant_gradient_differs_from_the_default(default, variant, tmp_path):
+    availability = VARIANTS[variant]
+    trainer = make_trainer(variant, tmp_path, seed=SEED + 1)
+    copied = copy_matching_weights(default.network, trainer.network)
+    assert any(k.startswith('encoders.') for k in copied) and any(k.startswith('decoder.') for k in copied)
+    names = shared_names(default, trainer)
+    assert set(names) == copied and len(names) > 0.5 * len(list(default.network.parameters()))
+    difference = relative_gradient_difference(gradients(trainer, availability), gradients(default, availability),
+                                              names)
+    print(f'{variant.__name__}: relative gradient difference {difference:.4f} over {len(names)} shared tensors')
+    assert difference > MARGIN
+
+
+def test_random_only_infers_like_the_default(default, tmp_path):
+    """Table 8 compares training-time orderings: in eval mode "Random only" is the default model."""
+    trainer = make_trainer(ft.nnUNetTrainerSMSN_randomOnly, tmp_path, seed=SEED + 1)
+    copy_matching_weights(default.network, trainer.network)
+    data, _ = batch()
+    outputs = []
+    for t in (default, trainer):
+        t.network.eval()
+        with torch.no_grad():
+            outputs.append(t.network(data * MISSING[:, :, None, None, None], MISSING))
+        t.network.train()
+    assert all(torch.equal(a, b) for a, b in zip(*outputs))
