@@ -60,13 +60,13 @@ class MissingModalityNetwork(nn.Module, metaclass=ABCMeta):
     # ------------------------------------------------------------------ the one builder
     @classmethod
     def from_plans(cls, configuration_manager, num_input_channels: int, num_output_channels: int, *,
-                   width_factor: float = 1.0, deep_supervision: bool = True, **method_kwargs):
+                   width_factor: float, deep_supervision: bool = True, **method_kwargs):
         """Build the network from nnU-Net plans, the same call for every method.
 
         ``configuration_manager``: nnU-Net's ``ConfigurationManager`` of the configuration (or a
         :class:`~nnunet_missingmod.networks.plans.PlansArchitecture`); ``num_input_channels``: modalities;
         ``num_output_channels``: classes or regions; ``width_factor``: every width of the plans' network times this
-        factor (:func:`~nnunet_missingmod.networks.plans.scale_widths`, with its floor); ``deep_supervision``:
+        factor (no default here: the trainers' class attribute is the one default) (:func:`~nnunet_missingmod.networks.plans.scale_widths`, with its floor); ``deep_supervision``:
         nnU-Net's deep-supervision outputs; ``method_kwargs``: the method's own options (see the subclass's
         :meth:`build_from_architecture`).
         """

@@ -15,7 +15,8 @@
   graph (DDP with ``find_unused_parameters=False``). The mask enters only as tensor multiplications: no host sync,
   no shape that depends on it. A missing modality's encoder is computed and discarded: in training with uniform
   modality dropout ``M / E[#present] = 15/8`` times the encoder FLOPs and activations of the former
-  per-modality sub-batches (on the 2-core CPU this did not pay: README, "Compute"; it is made for the GPU).
+  per-modality sub-batches. The trade is made for the GPU (no host sync, one kernel per layer); what it gains and
+  costs on a CPU: docs/results/2026-11-26-compute-cpu.md.
 * **Skips**: mean over the present modalities at every resolution except the bottleneck.
 * **Bottleneck**: a fusion module (:mod:`nnunet_missingmod.methods.fusion.modules`, :mod:`nnunet_missingmod.methods.smsn.fusion`) gets the ``(B, M, C, *spatial)``
   stack, the mask and the input image ``x`` (SMSN's reconstruction loss rebuilds the input modalities; the
@@ -59,7 +60,7 @@ class MultiEncoderFusionUNet(MissingModalityNetwork):
     """
 
     def __init__(self, num_modalities: int, num_classes: int, arch_kwargs: dict, fusion: FusionFactory,
-                 width_factor: float = 0.5, deep_supervision: bool = True):
+                 width_factor: float, deep_supervision: bool = True):
         super().__init__()
         kw = dict(arch_kwargs)
         n_stages = kw['n_stages']

@@ -172,4 +172,4 @@ def test_a_network_without_a_plans_builder_says_so():
     assert isinstance(output, NetworkOutput) and set(output.losses) == {'reg'} and set(output.extras) == {'features'}
     assert torch.equal(net(x, availability), output.segmentation)
     with pytest.raises(NotImplementedError, match='build_from_architecture'):
-        Unplanned.from_plans(configuration(), 4, 3)
+        Unplanned.from_plans(configuration(), 4, 3, width_factor=1.0)

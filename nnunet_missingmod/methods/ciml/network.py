@@ -40,13 +40,10 @@ Architecture
   regions; all regions for an empty task). Reason: Eq. 7 is ``1/N sum_i [CE_i + beta KL_i]`` with ``CE_i`` the
   log-likelihood of the whole mask, whereas the implementation (Sec. 4.2) uses nnU-Net's Dice + cross-entropy,
   whose cross-entropy is a *mean* over voxels and regions; dividing the KL by the same count keeps ``beta`` the
-  trade-off of Eq. 7 (Eq. 7 up to a constant factor). Measured at the first step of ``nnUNetTrainerCIML``
-  (``trainer.gradient_shares``, all modalities present), the literal sum weighted by ``beta = 0.5`` next to the
-  per-voxel-mean cross-entropy takes the whole gradient norm -- share 1.000, every other term <= 0.001 -- with
-  3.9e3 nats per sample on the 16^3 unit-test plans (segmentor widths 4-8), 3.2e4 on 32^3 plans (8-16) and 4.0e5
-  on 64^3 plans with 3d_fullres widths (8-80): it would silence every message, against Table 5 (+VI helps) and
-  Fig. 11 (every beta in 1e-3..10 beats nnU-Net). The rescaled term (0.71, 0.76, 1.16) has share 0.37, 0.50,
-  0.48 (a per-element mean would have 0.15, 0.19, 0.10).
+  trade-off of Eq. 7 (Eq. 7 up to a constant factor). The literal sum weighted by ``beta = 0.5`` next to the
+  per-voxel-mean cross-entropy would take the whole gradient norm and silence every message, against Table 5 (+VI
+  helps) and Fig. 11 (every beta in 1e-3..10 beats nnU-Net); the rescaled term leaves the segmentation terms their
+  share (first-step gradient shares of both: docs/results/2026-11-26-loss-term-scales.md).
 
 * **Prediction**: every segmentor emits logits for *all* regions. For region r the final logit is the average of
   the logits of the available segmentors whose task contains r. Logits (not probabilities) are averaged: the

@@ -11,7 +11,8 @@ Loss (Eq. 8 per segmentor, summed over segmentors; the base trainer's one rule `
 * ``kl`` (weight ``beta = 0.5``, the paper's best value, Fig. 11): the KL of its gates' complementary
   representations (Eq. 10), in nats per sample divided by the number of output elements of its cross-entropy, so
   that ``beta`` keeps its Eq. 7 meaning next to nnU-Net's mean cross-entropy (see
-  :mod:`nnunet_missingmod.methods.ciml.network`, *KL*, for the reasoning and the measured gradient shares);
+  :mod:`nnunet_missingmod.methods.ciml.network`, *KL*, for the reasoning; the gradient shares:
+  docs/results/2026-11-26-loss-term-scales.md);
 * ``fallback`` (weight ``aux_loss_weights['fallback']`` = 0.1; our extension, not in the paper): the same loss on
   the regions outside each segmentor's task, which trains the fallback heads used when all segmentors of a region
   are missing. :class:`nnUNetTrainerCIML_paper` has no fallback term;
@@ -52,7 +53,7 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
     ciml_task_map: Optional[Mapping[str, Sequence[str]]] = None
     #: Table 5 variant of the message fusion in the gates: 'none' | 'plain' | 'attention' | 'vi' | 'attention_vi'
     ciml_message_fusion: str = 'attention_vi'
-    #: feature widths of each segmentor relative to the plans' U-Net (compute budget, see the README); the same
+    #: feature widths of each segmentor relative to the plans' U-Net (compute budget, see docs/compute.md); the same
     #: attribute as the fusion and Hölder-MI trainers' ``width_factor`` (formerly ``ciml_width_factor``)
     width_factor: float = 0.25
     #: fallback heads (our extension): supervise the regions outside each segmentor's task and predict a region
@@ -182,8 +183,8 @@ class nnUNetTrainerCIML_budget(nnUNetTrainerCIML):
     """Within the package budget (training step <= 1.3x time, <= 1.5x peak memory of nnUNetTrainer on the same plans):
     segmentors at 3/16 of the plans' widths instead of 1/4, no stage narrower than min(plans width, 8) channels
     (:func:`~nnunet_missingmod.networks.plans.scale_widths`; 3d_fullres widths 32..320 give 8, 12, 24, 48, 60, 60).
-    On nnU-Net's 3d_fullres plans of the synthetic data set (CPU, README "Compute", with the floor) the default's
-    four segmentors need 1.60-1.65x nnU-Net's peak memory, this variant 1.37x (0.53x step time, 0.67x prediction time).
-    On plans with no stage wider than 32 channels (e.g. the unit tests' 4-16, or widths 8-32) the floor makes this
-    variant the same network as the default."""
+    It is for plans where the default's four segmentors exceed the memory budget (measured by ``nnUNetv2_mm_perf``:
+    docs/compute.md; the figures: docs/results/2026-11-26-compute-cpu.md). On plans with no stage wider than 32
+    channels (e.g. the unit tests' 4-16, or widths 8-32) the floor makes this variant the same network as the
+    default."""
     width_factor = 0.1875

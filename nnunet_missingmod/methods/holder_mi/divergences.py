@@ -13,12 +13,13 @@ proportional to ``q^beta`` (a *pseudo*-divergence). ``D`` is invariant to rescal
 
 **Which distributions (the default, ``domain='image'``).** Eq. 1 writes the loss as a voxel mean of
 ``D(sigma(S^p_dhw) | sigma(S^l_dhw))``, which read literally is a divergence between two Bernoulli distributions
-per voxel. Against a hard label that is ``-log p_y + log ||(p, 1-p)||_alpha``, within a few hundredths of BCE for
-alpha = 1.1 (its gradient correlates at 0.9998 with BCE's): a second BCE, nothing of its own. The authors' code
-(``Lboy11/Brain-Tumor-Segmentation``, ``utils/loss.py``, ``DiceCoef``) does something else: per class it takes the
-sigmoid probability map and the label map, turns each into a distribution over the image with a softmax along a
-spatial axis, and sums over the whole patch. That is Definition 1 with ``Omega`` the image. We implement it so:
-per sample and per class (sigmoid region or softmax class, background excluded in softmax mode) the densities are
+per voxel. Against a hard label that is ``-log p_y + log ||(p, 1-p)||_alpha``, numerically close to BCE for
+alpha = 1.1 in value and gradient (docs/results/2026-11-26-loss-term-scales.md): a second BCE, nothing of its own.
+The authors' code (``Lboy11/Brain-Tumor-Segmentation``, ``utils/loss.py``, ``DiceCoef``) does something else: per
+class it takes the sigmoid probability map and the label map, turns each into a distribution over the image with
+a softmax along a spatial axis, and sums over the whole patch. That is Definition 1 with ``Omega`` the image. We
+implement it so: per sample and per class (sigmoid region or softmax class, background excluded in softmax mode)
+the densities are
 
     p(v) = softmax_{v in Omega}( P(v) ),   q(v) = softmax_{v in Omega}( Y(v) )
 

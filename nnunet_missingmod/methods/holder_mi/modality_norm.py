@@ -9,9 +9,8 @@ shared layer is kept without its affine parameters and followed by :class:`Modal
 batch. (With ``BatchNorm`` the running statistics stay shared.)
 
 An instance norm and its per-modality affine run as one call (:class:`ModalityNorm`): a separate affine keeps the
-normalised tensor for its weight gradient, one more copy of every activation of the backbone (measured on
-nnU-Net's 3d_fullres plans of a demo data set: 372 of the 1457 MB that one training forward of the ``_budget``
-Hölder-MI network keeps for backward).
+normalised tensor for its weight gradient, one more copy of every activation of the backbone; the fused call keeps
+only the norm's input (the bytes kept, before and after: docs/results/2026-11-26-compute-cpu.md).
 """
 from __future__ import annotations
 

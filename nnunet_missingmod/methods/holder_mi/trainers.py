@@ -14,9 +14,9 @@ level plus the loss evaluations; ``subsets_per_step`` limits the number of subse
 * ``L_Dice`` (Eq. 6) is nnU-Net's soft Dice (``MemoryEfficientSoftDiceLoss``, deep supervision, the plans'
   ``batch_dice``) *without* nnU-Net's BCE/CE: with BCE inside the segmentation term, the Table IV row "BCE" and the
   Table V rows would not be what they say. The denominator is ``sum p + sum y`` as in the authors' code (Eq. 6
-  prints squares). ``segmentation_loss = 'dice_bce'`` restores nnU-Net's compound loss.
+  prints squares). ``holder_segmentation_loss = 'dice_bce'`` restores nnU-Net's compound loss.
 * ``L_HD`` (Eq. 1-2) compares, per class, the prediction's and the label's densities *over the image*
-  (:mod:`nnunet_missingmod.methods.holder_mi.divergences`; ``divergence_domain = 'voxel'`` gives the per-voxel reading), at
+  (:mod:`nnunet_missingmod.methods.holder_mi.divergences`; ``holder_divergence_domain = 'voxel'`` gives the per-voxel reading), at
   every deep-supervision level with nnU-Net's deep-supervision weights.
 * ``L_MI`` (Eq. 4-5) is computed inside the network (it owns the MI heads, so DDP sees all parameters in forward),
   on the deepest encoder stage by default, gradients into both sides, as in the authors' code.
@@ -54,7 +54,7 @@ def build_segmentation_loss(trainer, name: str):
     """nnU-Net's loss of ``trainer`` (deep supervision, ignore label, batch Dice as planned), with its BCE/CE part
     switched off for ``'dice'`` (Eq. 6)."""
     if name not in SEGMENTATION_LOSSES:
-        raise ValueError(f"unknown segmentation_loss {name!r}; choose one of {SEGMENTATION_LOSSES}")
+        raise ValueError(f"unknown holder_segmentation_loss {name!r}; choose one of {SEGMENTATION_LOSSES}")
     loss = nnUNetTrainer._build_loss(trainer)
     if name == 'dice':
         inner = loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
@@ -77,32 +77,32 @@ class nnUNetTrainerHolderMI(nnUNetTrainerMissingModality):
     aux_loss_weights: Dict[str, float] = {'mi': 1.0, 'hd': 1.0}
     loss_term_units: Dict[str, str] = {'mi': 'nats/element'}
     #: 'dice' (Eq. 6) or 'dice_bce' (nnU-Net's compound loss)
-    segmentation_loss: str = 'dice'
+    holder_segmentation_loss: str = 'dice'
     #: gamma0 of gamma_k = gamma0 * k (k = 1..K over the used levels, shallowest first)
-    mi_gamma0: float = 1.0
+    holder_mi_gamma0: float = 1.0
     #: number of deepest encoder stages used for L_MI (None = all)
-    mi_num_levels: Optional[int] = 1
+    holder_mi_num_levels: Optional[int] = 1
     #: Hölder exponent alpha (beta = alpha / (alpha - 1)); Table VIII
     holder_alpha: float = 1.1
     #: divergence of L_HD (Table IV): see nnunet_missingmod.methods.holder_mi.divergences (DIVERGENCES, VOXEL_LOSSES)
-    divergence: str = 'holder'
+    holder_divergence: str = 'holder'
     #: 'image' (densities over the image, the authors' code) or 'voxel' (literal per-voxel reading of Eq. 1)
-    divergence_domain: str = 'image'
+    holder_divergence_domain: str = 'image'
     #: subsets per step: None = all 2^k - 1 subsets of the k available modalities (Algorithm 1), n = n random ones
-    subsets_per_step: Optional[int] = None
+    holder_subsets_per_step: Optional[int] = None
     #: multiplies every width of the plans' backbone (the M backbone passes cost about M * width_factor^2 of FLOPs)
     width_factor: float = 1.0
     #: kernel size of the per-modality channel encoders f_i
-    channel_encoder_kernel: int = 3
+    holder_channel_encoder_kernel: int = 3
     #: one affine per modality in the backbone's normalisation layers (the authors' GroupNormPara)
-    modality_specific_norm: bool = True
+    holder_modality_specific_norm: bool = True
     #: Algorithm 1 trains on the full set and simulates missing modalities by the subset enumeration
     modality_dropout: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        check_loss_name(self.divergence, self.divergence_domain)  # fail at start-up, not at the first step
+        check_loss_name(self.holder_divergence, self.holder_divergence_domain)  # fail at start-up, not at the first step
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -111,13 +111,13 @@ class nnUNetTrainerHolderMI(nnUNetTrainerMissingModality):
         """Built from the plans and the class attributes, so nnU-Net's predictor can call it on the class."""
         return SharedBackboneNetwork.from_plans(
             configuration_manager, num_input_channels, num_output_channels, width_factor=cls.width_factor,
-            deep_supervision=enable_deep_supervision, channel_encoder_kernel=cls.channel_encoder_kernel,
-            mi_num_levels=cls.mi_num_levels if cls.aux_loss_weights.get('mi', 0) > 0 else 0,
-            mi_gamma0=cls.mi_gamma0, subsets_per_step=cls.subsets_per_step,
-            modality_specific_norm=cls.modality_specific_norm)
+            deep_supervision=enable_deep_supervision, channel_encoder_kernel=cls.holder_channel_encoder_kernel,
+            mi_num_levels=cls.holder_mi_num_levels if cls.aux_loss_weights.get('mi', 0) > 0 else 0,
+            mi_gamma0=cls.holder_mi_gamma0, subsets_per_step=cls.holder_subsets_per_step,
+            modality_specific_norm=cls.holder_modality_specific_norm)
 
     def _build_loss(self):
-        return build_segmentation_loss(self, self.segmentation_loss)
+        return build_segmentation_loss(self, self.holder_segmentation_loss)
 
     # ------------------------------------------------------------------ losses
     def _deep_supervision_weights(self, n_outputs: int) -> Tuple[float, ...]:
@@ -153,9 +153,9 @@ class nnUNetTrainerHolderMI(nnUNetTrainerMissingModality):
             for weight, logits, tgt in zip(level_weights, levels, targets):
                 if weight != 0:
                     label, mode, mask = self._divergence_target(tgt, logits.shape[1])
-                    total = total + weight * divergence_loss(logits.float(), label, mode, self.divergence,
+                    total = total + weight * divergence_loss(logits.float(), label, mode, self.holder_divergence,
                                                              self.holder_alpha, dim=1, mask=mask,
-                                                             domain=self.divergence_domain)
+                                                             domain=self.holder_divergence_domain)
             return total
         return _subset_mean(torch.func.vmap(one_subset)(*subset_outputs), weights)
 
@@ -213,43 +213,43 @@ class nnUNetTrainerHolderMI_DiceOnly(nnUNetTrainerHolderMI):
 # ---------------------------------------------------------------------- Table IV divergences
 class nnUNetTrainerHolderMI_KL(nnUNetTrainerHolderMI):
     """Table IV: KL(label || prediction) instead of the Hölder divergence."""
-    divergence = 'kl'
+    holder_divergence = 'kl'
 
 
 class nnUNetTrainerHolderMI_TV(nnUNetTrainerHolderMI):
     """Table IV: total variation."""
-    divergence = 'total_variation'
+    holder_divergence = 'total_variation'
 
 
 class nnUNetTrainerHolderMI_Hellinger(nnUNetTrainerHolderMI):
     """Table IV: squared Hellinger distance."""
-    divergence = 'squared_hellinger'
+    holder_divergence = 'squared_hellinger'
 
 
 class nnUNetTrainerHolderMI_NeymanChi2(nnUNetTrainerHolderMI):
     """Table IV: Neyman chi^2."""
-    divergence = 'neyman_chi2'
+    holder_divergence = 'neyman_chi2'
 
 
 class nnUNetTrainerHolderMI_JS(nnUNetTrainerHolderMI):
     """Table IV: Jensen-Shannon divergence."""
-    divergence = 'jensen_shannon'
+    holder_divergence = 'jensen_shannon'
 
 
 class nnUNetTrainerHolderMI_MSE(nnUNetTrainerHolderMI):
     """Table IV: mean squared error between the probability and the label, per voxel."""
-    divergence = 'mse'
+    holder_divergence = 'mse'
 
 
 class nnUNetTrainerHolderMI_BCE(nnUNetTrainerHolderMI):
     """Table IV: binary cross-entropy per voxel (categorical CE for label-based training)."""
-    divergence = 'bce'
+    holder_divergence = 'bce'
 
 
 class nnUNetTrainerHolderMI_voxelwise(nnUNetTrainerHolderMI):
     """Option: the Hölder divergence of Eq. 1 read literally, between two Bernoulli distributions per voxel
     (numerically close to BCE against hard labels, see nnunet_missingmod.methods.holder_mi.divergences)."""
-    divergence_domain = 'voxel'
+    holder_divergence_domain = 'voxel'
 
 
 # ---------------------------------------------------------------------- Table VIII exponents
@@ -277,8 +277,8 @@ class nnUNetTrainerHolderMI_alpha1_2(nnUNetTrainerHolderMI):
 class nnUNetTrainerHolderMI_budget(nnUNetTrainerHolderMI):
     """Within the package budget (training step <= 1.3x time, <= 1.5x memory of nnUNetTrainer on the same plans):
     a quarter-width shared backbone (four passes of a network with 1/16 of the FLOPs) and two random subsets per step
-    instead of all 15. Measured on CPU with nnU-Net's 3d_fullres plans of the synthetic data set (patch 56x96x64,
-    batch 2, widths 32-320): 0.72x step time, 1.24x peak memory, 1.03x prediction time; the default needs 4.5x,
-    5.3x and 4.9x (README "Compute")."""
+    instead of all 15, where the default (the paper's Algorithm 1 at full width) is far over the budget. Whether it
+    meets the budget on a given device and configuration is measured by ``nnUNetv2_mm_perf`` (docs/compute.md; the
+    figures: docs/results/2026-11-23-compute-cpu.md and later pages)."""
     width_factor = 0.25
-    subsets_per_step = 2
+    holder_subsets_per_step = 2

@@ -42,10 +42,10 @@ class ReconstructionDecoder(nn.Module):
     stride) followed by one conv-norm-nonlin block (dynamic_network_architectures ``ConvDropoutNormReLU``,
     kernel 3, no dropout); the last stage is a transposed convolution straight to one output channel per
     reconstructed modality, so nothing but that one cheap layer runs at the patch resolution. The width is
-    ``base_channels`` at half the patch resolution and doubles per coarser stage up to ``max_channels``. Measured
-    on the CPU (plans 16-32-64-128, 48^3 patches, batch 2): an 8-channel conv block at the patch resolution made
-    the two decoders add 22 % to SMSN's training step; this layout adds 2 %. Without down-sampling the decoder
-    is a single 1x1 convolution.
+    ``base_channels`` at half the patch resolution and doubles per coarser stage up to ``max_channels``; no conv
+    block runs at the patch resolution, which keeps the decoders' share of SMSN's training step small (measured
+    against a conv block there: docs/results/2026-11-26-compute-cpu.md). Without down-sampling the decoder is a
+    single 1x1 convolution.
     """
 
     def __init__(self, in_channels: int, out_channels: int, strides: Sequence | None, block_kwargs: dict,
@@ -97,9 +97,9 @@ class SMSNFusion(nn.Module):
        (for ``M = 4`` exactly the paper's ``[z_1, x_3, x_4]``; for ``M = 2`` stage II refines ``z_1`` alone).
        Missing modalities enter as zero features, as in the paper ("a missing modality (represented as a zero
        tensor)"). The Gaussian heads are per-voxel MLPs (1x1 convolutions) whose last layer starts at zero, so
-       that ``mu = 0, logvar = 0`` (the prior) at initialisation. (He-initialised, stage I's log-variances
-       reached 6 on a random batch, so ``z_1`` samples reached ~30, which drove stage II's log-variances to 19:
-       ``KL ~ 7e10`` nats/sample.) ``z`` is
+       that ``mu = 0, logvar = 0`` (the prior) at initialisation. (He-initialised, stage I's large log-variances
+       chain through ``z_1`` into stage II and the first KL explodes: docs/results/2026-11-26-loss-term-scales.md.)
+       ``z`` is
        reparameterised in training and the mean is used in eval mode. ``L_e`` (loss ``'kl'``, Eq. 5) is the sum
        over the two stages of the KL to ``N(0, I)`` in **nats per sample** (summed over all latent dimensions
        -- channels x voxels -- averaged over the batch, float32), the variational-IB reduction.
@@ -116,24 +116,24 @@ class SMSNFusion(nn.Module):
        and ``z~_2`` (missing modalities masked out of attention) and its output is split back into ``x_{s_i}``.
        ``L_o`` (loss ``'orth'``) is ``sum_i (z~_2 . x_{s_i})^2`` per voxel, summed over the present modalities,
        averaged over voxels and samples, with the dot product read as the cosine similarity by default
-       (``orthogonality_normalize=True``): the paper's raw dot product grows with the feature width and scale
+       (``orthogonality_cosine=True``): the paper's raw dot product grows with the feature width and scale
        and swamped the segmentation gradient in our measurements (see ``nnUNetTrainerSMSN``);
-       ``orthogonality_normalize=False`` is the raw dot product, see
+       ``orthogonality_cosine=False`` is the raw dot product, see
        :func:`~nnunet_missingmod.methods.smsn.losses.orthogonality_loss`.
        ``x'_i = x_{s_i} + z~_2``; the decoder gets the mean of ``x'_i`` over the present modalities. Without the
        specific module (Table 4 ablation) ``x'_i = x_i + z~_2`` and there is no ``L_o``.
 
-    ``bottleneck_sizes`` are ``(K_1, K_2)``; the paper's best (Table 9) is 128 and 256 for 128-channel modality
-    features, i.e. ``(C, 2C)``, the default. ``strides`` are the encoder's strides (needed by the reconstruction
+    ``bottleneck_ratios`` give ``(K_1, K_2)`` relative to the modality feature width ``C`` (rounded, at least 1);
+    the paper's best (Table 9) is 128 and 256 for 128-channel modality features, i.e. ``(1, 2)``, the default. ``strides`` are the encoder's strides (needed by the reconstruction
     decoders to reach the patch resolution; ``None`` = the image has the bottleneck's resolution).
     """
 
     def __init__(self, num_modalities: int, channels: int, block_kwargs: dict, kernel_size: Sequence[int],
-                 bottleneck_sizes: Tuple[int, int] | None = None, order_mode: str = 'random',
+                 bottleneck_ratios: Tuple[float, float] = (1.0, 2.0), order_mode: str = 'random',
                  use_reconstruction: bool = True, use_specific: bool = True, use_orthogonality: bool = True,
                  beta: float = 0.7, gamma: float = 0.3, num_heads: int = 8, depth: int = 1, mlp_ratio: float = 2.0,
                  strides: Sequence | None = None, reconstruction_channels: int = 8,
-                 orthogonality_normalize: bool = True):
+                 orthogonality_cosine: bool = True):
         super().__init__()
         if num_modalities < 2:
             raise ValueError(f"SMSN fuses modalities sequentially and needs at least 2, got {num_modalities}")
@@ -142,12 +142,12 @@ class SMSNFusion(nn.Module):
         if use_orthogonality and not use_specific:
             raise ValueError("the orthogonality loss acts on the specific features: it needs use_specific=True")
         conv_op = block_kwargs['conv_op']
-        k1, k2 = bottleneck_sizes if bottleneck_sizes is not None else (channels, 2 * channels)
+        k1, k2 = (max(1, int(round(r * channels))) for r in bottleneck_ratios)
         self.num_modalities, self.channels = num_modalities, channels
         self.order_mode = order_mode
         self.use_reconstruction, self.use_specific, self.use_orthogonality = \
             use_reconstruction, use_specific, use_orthogonality
-        self.orthogonality_normalize = orthogonality_normalize
+        self.orthogonality_cosine = orthogonality_cosine
         self.beta, self.gamma = beta, gamma
         #: generator of the fusion order (the trainer hands its seeded generator to every module with an ``rng``)
         self.rng = np.random.default_rng()
@@ -254,7 +254,7 @@ class SMSNFusion(nn.Module):
             specific = self.specific(maps, pad)[:, :m]
             if self.training and self.use_orthogonality:
                 losses['orth'] = orthogonality_loss(specific, common, availability,
-                                                 normalize=self.orthogonality_normalize)
+                                                 normalize=self.orthogonality_cosine)
         else:
             specific = features
         return masked_mean(specific + common[:, None], availability), losses

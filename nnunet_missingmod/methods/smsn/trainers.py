@@ -32,37 +32,34 @@ class nnUNetTrainerSMSN(nnUNetTrainerConcatFusion):
       over every latent dimension, channels x voxels). Weight ``1e-3``: the paper puts no weight on ``L_e`` in
       its final loss but derives it from the IB objective ``I(Z; Y) - beta I(X; Z)`` (Eq. 1) through the variational
       approximation of Alemi et al. ("Deep variational information bottleneck", ICLR 2017), whose KL is summed
-      over the latent dimensions and weighted by a small ``beta`` (1e-3 is their best range). Measured on the
-      small CPU plans (C = 32, 16^3 patches, 40 SGD steps on one batch): with weight 1 the KL held 99.9-100 % of
-      the gradient norm at steps 10-30 (segmentation 0.6-1 %) and drove the latent down to 0.06 nats/sample
-      by step 40 (posterior collapse: ``z_2`` carries nothing to the decoder); with 1e-3 its share was 2-10 %
-      and the latent kept 1.5 nats/sample. At initialisation the Gaussian heads sit at the prior (KL = 0, zero
-      KL gradient).
+      over the latent dimensions and weighted by a small ``beta`` (1e-3 is their best range). With weight 1 the KL
+      dominates the gradient and collapses the posterior (``z_2`` then carries nothing to the decoder); the first
+      steps at both weights: docs/results/2026-11-26-loss-term-scales.md. At initialisation the Gaussian heads sit
+      at the prior (KL = 0, zero KL gradient).
     * ``'recon'`` -- ``L_r`` (Eq. 6) with ``beta = 0.7`` / ``gamma = 0.3`` inside: availability-masked Gaussian
       reconstruction of the *input modalities* by two small decoders, nats per voxel summed over the present
       modalities.
     * ``'orth'`` -- ``L_o``, read as the **squared cosine** between ``z~_2`` and each present ``x_{s_i}`` per voxel,
       summed over modalities (:attr:`smsn_orthogonality_cosine`). The paper writes the raw squared dot product
-      ``sum_i (z_2 . x_{s_i})^2``; measured at the first step of untrained networks on the small plans, its value
-      grows with the width (104, 364, 618, 1380 for bottleneck widths C = 8, 32, 64, 160) and it held >= 99.999 %
-      of the gradient norm (segmentation 0.004-0.08 %): training would first of all shrink ``z~_2`` and the
-      specific features, whose scale the dot product rewards; the cosine (same zero set: zero iff orthogonal)
-      held 22-89 % with segmentation 22-56 %. Set ``smsn_orthogonality_cosine = False`` for the dot
-      product.
+      ``sum_i (z_2 . x_{s_i})^2``, whose value grows with the feature width and scale, so that it takes nearly
+      the whole gradient norm of untrained networks (docs/results/2026-11-26-loss-term-scales.md): training would
+      first of all shrink ``z~_2`` and the specific features, whose scale the dot product rewards. The cosine has
+      the same zero set (zero iff orthogonal) and is scale-free. Set ``smsn_orthogonality_cosine = False`` for the
+      dot product.
     """
 
-    #: 'random' (paper), 'random_only', 'none'; a fixed order is given by :attr:`smsn_fixed_order`
+    #: 'random' (paper), 'random_only', 'none', or 'fixed' with the order :attr:`smsn_fixed_order`
     smsn_order_mode: str = 'random'
-    #: modality names (dataset.json channel_names) of a fixed fusion order, or None
+    #: modality names (dataset.json channel_names) of the fixed fusion order of ``smsn_order_mode = 'fixed'``
     smsn_fixed_order: Optional[Tuple[str, ...]] = None
     #: (K_1, K_2) relative to the bottleneck width: the paper's best 128, 256 for 128 channels (Table 9)
     smsn_bottleneck_ratios: Tuple[float, float] = (1.0, 2.0)
     #: Eq. 6 weights of the stage-I and stage-II reconstructions (Table 5 best: 0.7, 0.3)
     smsn_beta: float = 0.7
     smsn_gamma: float = 0.3
-    smsn_reconstruction: bool = True
-    smsn_specific: bool = True
-    smsn_orthogonality: bool = True
+    smsn_use_reconstruction: bool = True
+    smsn_use_specific: bool = True
+    smsn_use_orthogonality: bool = True
     smsn_num_heads: int = 8
     smsn_depth: int = 1
     #: width of the reconstruction decoders at the patch resolution (doubling per coarser stage, at most 64)
@@ -78,18 +75,21 @@ class nnUNetTrainerSMSN(nnUNetTrainerConcatFusion):
     @classmethod
     def fusion_factory(cls):
         def build(num_modalities: int, channels: int, block_kwargs: dict, kernel_size, strides=None) -> SMSNFusion:
-            sizes = tuple(max(1, int(round(r * channels))) for r in cls.smsn_bottleneck_ratios)
-            return SMSNFusion(num_modalities, channels, block_kwargs, kernel_size, bottleneck_sizes=sizes,
-                              order_mode='fixed' if cls.smsn_fixed_order is not None else cls.smsn_order_mode,
-                              use_reconstruction=cls.smsn_reconstruction, use_specific=cls.smsn_specific,
-                              use_orthogonality=cls.smsn_orthogonality, beta=cls.smsn_beta, gamma=cls.smsn_gamma,
+            return SMSNFusion(num_modalities, channels, block_kwargs, kernel_size,
+                              bottleneck_ratios=cls.smsn_bottleneck_ratios,
+                              order_mode=cls.smsn_order_mode,
+                              use_reconstruction=cls.smsn_use_reconstruction, use_specific=cls.smsn_use_specific,
+                              use_orthogonality=cls.smsn_use_orthogonality, beta=cls.smsn_beta, gamma=cls.smsn_gamma,
                               num_heads=cls.smsn_num_heads, depth=cls.smsn_depth, strides=strides,
                               reconstruction_channels=cls.smsn_reconstruction_channels,
-                              orthogonality_normalize=cls.smsn_orthogonality_cosine)
+                              orthogonality_cosine=cls.smsn_orthogonality_cosine)
         return build
 
     def initialize(self):
         super().initialize()
+        if (self.smsn_order_mode == 'fixed') != (self.smsn_fixed_order is not None):
+            raise ValueError(f"{type(self).__name__}: smsn_order_mode 'fixed' and smsn_fixed_order go together "
+                             f"(got {self.smsn_order_mode!r} and {self.smsn_fixed_order})")
         if self.smsn_fixed_order is not None:
             if len(self.smsn_fixed_order) != len(self.modality_names):
                 raise ValueError(f"{type(self).__name__}: fixed order {self.smsn_fixed_order} names "
@@ -107,28 +107,30 @@ class nnUNetTrainerSMSN_noReorder(nnUNetTrainerSMSN):
 
 class nnUNetTrainerSMSN_noLr(nnUNetTrainerSMSN):
     """Table 4: without the reconstruction loss ``L_r`` (and its decoders)."""
-    smsn_reconstruction = False
+    smsn_use_reconstruction = False
 
 
 class nnUNetTrainerSMSN_noLo(nnUNetTrainerSMSN):
     """Table 4: specific feature extraction kept, orthogonality loss ``L_o`` removed."""
-    smsn_orthogonality = False
+    smsn_use_orthogonality = False
 
 
 class nnUNetTrainerSMSN_noSpecific(nnUNetTrainerSMSN):
     """Table 4: without the specific feature extraction module, hence also without ``L_o``."""
-    smsn_specific = False
-    smsn_orthogonality = False
+    smsn_use_specific = False
+    smsn_use_orthogonality = False
 
 
 # ---------------------------------------------------------------- Table 8: fusion order
 class nnUNetTrainerSMSN_fixed1(nnUNetTrainerSMSN):
     """Table 8 "Fixed 1": T1, T2, FLAIR, T1ce."""
+    smsn_order_mode = 'fixed'
     smsn_fixed_order = FIXED_ORDERS['fixed1']
 
 
 class nnUNetTrainerSMSN_fixed2(nnUNetTrainerSMSN):
     """Table 8 "Fixed 2": T1ce, T2, FLAIR, T1."""
+    smsn_order_mode = 'fixed'
     smsn_fixed_order = FIXED_ORDERS['fixed2']
 
 

@@ -250,7 +250,7 @@ def test_index_task_map_checks():
     with pytest.raises(ValueError, match='outside'):
         check_task_map([[0], [1], [2], [3]], 4, 3)
     with pytest.raises(ValueError, match='without a segmentor'):
-        CIMLNetwork.from_plans(PLANS, 4, 3, task_map=[[0], [0], [1], []])
+        CIMLNetwork.from_plans(PLANS, 4, 3, width_factor=1.0, task_map=[[0], [0], [1], []])
 
 
 # ------------------------------------------------------------------------------------------------ losses

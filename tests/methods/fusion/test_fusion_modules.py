@@ -334,7 +334,7 @@ def test_smsn_reconstruction_needs_the_image_and_matching_strides():
 
 @pytest.mark.parametrize('m', [2, 3, 5])
 def test_smsn_generalises_to_m_modalities(m):
-    net = build('smsn', num_modalities=m, bottleneck_sizes=(8, 24)).train()
+    net = build('smsn', num_modalities=m, bottleneck_ratios=(0.5, 1.5)).train()
     assert net.fusion.stage1[0].in_channels == 2 * 16
     assert net.fusion.stage2[0].in_channels == 8 + (m - 2) * 16
     assert (net.fusion.reconstruct2 is None) == (m == 2)

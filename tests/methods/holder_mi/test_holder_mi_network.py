@@ -25,7 +25,8 @@ def configuration(features=(4, 8, 16)) -> ConfigurationManager:
 
 def network(deep_supervision=True, **kwargs) -> SharedBackboneNetwork:
     torch.manual_seed(0)
-    return SharedBackboneNetwork.from_plans(configuration(), M, 3, deep_supervision=deep_supervision, **kwargs)
+    return SharedBackboneNetwork.from_plans(configuration(), M, 3, width_factor=1.0, deep_supervision=deep_supervision,
+                                            **kwargs)
 
 
 def masks(*rows):
@@ -41,7 +42,8 @@ def test_widths_and_mi_levels_from_plans():
     assert net.channel_encoders[0].groups == M and net.channel_encoders[0].out_channels == M * 8
     assert net.mi_stages == (1, 2)
     assert net.mi.gammas == pytest.approx((0.1, 0.2))  # gamma_k = gamma0 * k, k = 1..K over the used levels
-    assert SharedBackboneNetwork.from_plans(configuration(), M, 3, deep_supervision=True, mi_num_levels=0).mi is None
+    assert SharedBackboneNetwork.from_plans(configuration(), M, 3, width_factor=1.0, deep_supervision=True,
+                                            mi_num_levels=0).mi is None
 
 
 def test_combine_pairs_is_mean_over_subset_members():
@@ -132,7 +134,7 @@ def test_build_network_architecture_is_a_classmethod_with_nnunet_signature():
     budget = hm.nnUNetTrainerHolderMI_budget.build_network_architecture(None, configuration((64, 128, 256)), M, 3,
                                                                         False)
     assert budget.common_channels == round(64 * hm.nnUNetTrainerHolderMI_budget.width_factor)
-    assert budget.subsets_per_step == hm.nnUNetTrainerHolderMI_budget.subsets_per_step
+    assert budget.subsets_per_step == hm.nnUNetTrainerHolderMI_budget.holder_subsets_per_step
 
 
 def numpy_image_holder(logits: np.ndarray, labels: np.ndarray, alpha: float = 1.1) -> float:
@@ -206,7 +208,7 @@ def test_modality_specific_norm_has_one_affine_per_modality(tmp_path):
         after = {i: net(x, torch.from_numpy(subset_to_mask([i], M))[None]) for i in range(M)}
     assert all(torch.equal(before[i], after[i]) for i in (0, 1, 3))
     assert not torch.allclose(before[2], after[2])
-    shared = SharedBackboneNetwork.from_plans(configuration(), M, 3, deep_supervision=False,
+    shared = SharedBackboneNetwork.from_plans(configuration(), M, 3, width_factor=1.0, deep_supervision=False,
                                               modality_specific_norm=False)
     assert shared.modality_affines == []
 
@@ -273,7 +275,7 @@ def _ddp_worker(rank: int, world: int, port: int, results):
     torch.set_num_threads(1)
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world)
     try:
-        net = DDP(SharedBackboneNetwork.from_plans(configuration((2, 4)), M, 3, deep_supervision=True,
+        net = DDP(SharedBackboneNetwork.from_plans(configuration((2, 4)), M, 3, width_factor=1.0, deep_supervision=True,
                                                    subsets_per_step=2, seed=rank),
                   find_unused_parameters=False)
         net.train()

@@ -46,7 +46,7 @@ def test_smsn_defaults_follow_the_paper():
     assert fusion.stage1[0].out_channels == 16 and fusion.stage2[0].out_channels == 32   # (C, 2C), Table 9
     assert ft.nnUNetTrainerSMSN.aux_loss_weights == {'kl': 1e-3, 'recon': 1.0, 'orth': 1.0}   # KL: VIB beta
     assert ft.nnUNetTrainerSMSN.loss_term_units['kl'] == 'nats/sample'
-    assert fusion.orthogonality_normalize is True          # L_o as squared cosine (measured, see the docstring)
+    assert fusion.orthogonality_cosine is True          # L_o as squared cosine (measured, see the docstring)
     assert ft.nnUNetTrainerSMSN.loss_term_units['recon'] == 'nats/voxel'
     # the reconstruction decoders reach the patch resolution (two x2 stages) from the (C, 2C) bottlenecks
     assert fusion.reconstruct1.scale == [4, 4, 4] and fusion.reconstruct2.scale == [4, 4, 4]
