@@ -2,7 +2,8 @@
 
 SimpleITK reads the images; nibabel decodes every voxel again, because SimpleITK zero-fills a truncated ``.nii.gz``
 and turns NaN into 0. All problems of all cases are collected into one
-:class:`~nnunet_missingmod.dataset_conversion.errors.ConversionError`.
+:class:`~nnunet_missingmod.dataset_conversion.errors.ConversionError`. :func:`check_voxels` is the one voxel check of
+the package: the prediction and benchmark commands run it on their input files too.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def check_case(case: SourceCase, layout: str) -> dict:
                     raise ConversionError(f'{where}: {key} {tuple(round(v, 6) for v in geometry[key])} differs from '
                                           f'{tuple(round(v, 6) for v in ref[key])} of {ref_file}')
         array = sitk.GetArrayViewFromImage(img)
-        values = _check_voxels(path, where)
+        values = check_voxels(path, where)
         if role != 'seg':
             nonzero = nonzero or values
         if role == 'seg':
@@ -68,11 +69,21 @@ def check_case(case: SourceCase, layout: str) -> dict:
             'labels': labels if 'seg' in case.files else None}
 
 
-def _check_voxels(path: Path, where: str) -> bool:
-    """Decode every stored voxel with nibabel and check it; returns whether any voxel is non-zero.
+#: the file endings :func:`check_voxels` decodes (NIfTI, which SimpleITK reads wrongly: see there)
+NIFTI_ENDINGS = ('.nii.gz', '.nii')
 
-    SimpleITK zero-fills a truncated ``.nii.gz`` and silently turns NaN into 0, so the file is decoded again with
+
+def is_nifti(path) -> bool:
+    """Whether :func:`check_voxels` can decode ``path`` (a NIfTI file, :data:`NIFTI_ENDINGS`)."""
+    return str(path).lower().endswith(NIFTI_ENDINGS)
+
+
+def check_voxels(path: Path, where: str) -> bool:
+    """Decode every stored voxel of a NIfTI file with nibabel and check it; returns whether any voxel is non-zero.
+
+    SimpleITK zero-fills a truncated ``.nii.gz`` and silently turns NaN/Inf into 0, so the file is decoded again with
     nibabel, which raises on a truncated or corrupt stream; floating-point files are checked for NaN/Inf.
+    :class:`ConversionError` starting with ``where`` (which names the file) otherwise.
     """
     import nibabel as nib
     try:

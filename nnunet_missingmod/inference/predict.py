@@ -17,6 +17,10 @@ derived from all-zero channels of the whole case.
   unreadable file, modalities of different shapes or spacings, NaN/Inf voxels) with a message naming the case,
   predicts the other cases, and exits with status 1 at the end naming the refused cases.
 
+Every voxel of every input file is checked before the case is predicted (a NIfTI file is decoded again with
+nibabel, as by the converter, since nnU-Net's SimpleITK reader reads NaN/Inf as 0 and zero-fills a truncated
+``.nii.gz``): a NaN, Inf, truncated or unreadable file refuses its case with a line naming the file.
+
 It writes ``missing_modalities.json`` next to the predictions: per case, the modalities used and those that were
 zero-filled (absent file, ``--missing`` or an all-zero image), and the refused cases.
 """
@@ -30,6 +34,7 @@ import re
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -41,6 +46,8 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.file_path_utilities import get_output_folder
 
 from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
+from nnunet_missingmod.dataset_conversion.brats_checks import check_voxels, is_nifti
+from nnunet_missingmod.dataset_conversion.errors import ConversionError
 from nnunet_missingmod.env import enable_ext_trainers
 from nnunet_missingmod.modalities import case_availability, modality_index, modality_names
 from nnunet_missingmod.networks.base import MissingModalityNetwork
@@ -135,41 +142,73 @@ def scan_input_folder(folder: str, file_ending: str, num_modalities: int) -> Dic
     return cases
 
 
+def read_checked_image(case: str, path: str, reader_writer) -> tuple[np.ndarray, dict]:
+    """The reader's ``(1, *spatial)`` image and properties of one modality file, every voxel checked.
+
+    ValueError ``case CASE: FILE: ...`` when the file cannot be read, is truncated or corrupt, or has NaN/Inf voxels.
+    nnU-Net's SimpleITK reader turns NaN/Inf of a NIfTI file into 0 and zero-fills a truncated ``.nii.gz``, so a
+    NIfTI file is also decoded with nibabel, by the converter's
+    :func:`~nnunet_missingmod.dataset_conversion.brats_checks.check_voxels`.
+    """
+    try:
+        image, properties = reader_writer.read_images([path])
+    except Exception as e:  # noqa: BLE001 - any reader failure is bad input, named
+        raise ValueError(f"case {case}: cannot read {path} ({type(e).__name__}: "
+                         f"{' '.join(str(e).split()) or 'no detail'})") from e
+    if is_nifti(path):
+        try:
+            check_voxels(Path(path), f'case {case}: {path}')
+        except ConversionError as e:
+            raise ValueError(str(e)) from e
+    if not np.isfinite(image).all():
+        raise ValueError(f"case {case}: {path}: {int((~np.isfinite(image)).sum())} NaN/Inf voxel(s)")
+    return image, properties
+
+
+def check_case_images(case: str, files: Dict[int, str], reader_writer) -> tuple[Dict[int, bool], tuple | None]:
+    """Read and check every file of a case (``{channel: path}``): readable, every voxel finite
+    (:func:`read_checked_image`) and one geometry, i.e. the shape and spacing of the first file.
+
+    Returns ``({channel: whether the image has a non-zero voxel}, (shape, properties, file) of the first file)``
+    (None for no file); ValueError naming the case and the file otherwise.
+    """
+    nonzero, geometry = {}, None
+    for c in sorted(files):
+        image, properties = read_checked_image(case, files[c], reader_writer)
+        nonzero[c] = bool(np.any(image))
+        if geometry is None:
+            geometry = (image.shape[1:], properties, files[c])
+            continue
+        shape, first, first_file = geometry
+        if image.shape[1:] != shape:
+            raise ValueError(f"case {case}: {files[c]} has shape {tuple(image.shape[1:])}, {first_file} "
+                             f"has {tuple(shape)}; the modalities of a case must have one geometry")
+        if not np.allclose(properties['spacing'], first['spacing'], rtol=0, atol=1e-4):
+            raise ValueError(f"case {case}: {files[c]} has spacing {tuple(properties['spacing'])}, "
+                             f"{first_file} has {tuple(first['spacing'])}; the modalities of a case must "
+                             f"have one geometry")
+    return nonzero, geometry
+
+
 def prepare_case_files(case: str, files: Dict[int, str], names: Sequence[str], dropped: Sequence[int],
                        reader_writer, file_ending: str, zero_folder: str) -> tuple[List[str], dict]:
     """One file per channel for a case, zero-filled images written into ``zero_folder`` for missing ones.
 
-    Returns ``(file list in channel order, report)``; raises ValueError naming the case when no modality is left.
+    The present files are checked first (:func:`check_case_images`). Returns ``(file list in channel order,
+    report)``; raises ValueError naming the case (and the file) for a bad file or when no modality is left.
     """
-    used, zero, reasons, geometry = [], [], {}, None
+    present = {c: f for c, f in files.items() if c < len(names) and c not in dropped}
+    nonzero, geometry = check_case_images(case, present, reader_writer)
+    used, zero, reasons = [], [], {}
     for c in range(len(names)):
         if c not in files:
             reasons[names[c]] = 'file absent'
         elif c in dropped:
             reasons[names[c]] = '--missing'
+        elif not nonzero[c]:
+            reasons[names[c]] = 'all-zero image'
         else:
-            try:
-                image, properties = reader_writer.read_images([files[c]])
-            except Exception as e:  # noqa: BLE001 - any reader failure refuses this case only
-                raise ValueError(f"case {case}: cannot read {files[c]} ({type(e).__name__}: "
-                                 f"{' '.join(str(e).split()) or 'no detail'})") from e
-            if not np.isfinite(image).all():
-                raise ValueError(f"case {case}: {files[c]} contains NaN or Inf voxels")
-            if not np.any(image):
-                reasons[names[c]] = 'all-zero image'
-            else:
-                used.append(names[c])
-            if geometry is None:
-                geometry = (image.shape[1:], properties, files[c])
-            else:
-                shape, first, first_file = geometry
-                if image.shape[1:] != shape:
-                    raise ValueError(f"case {case}: {files[c]} has shape {tuple(image.shape[1:])}, {first_file} "
-                                     f"has {tuple(shape)}; the modalities of a case must have one geometry")
-                if not np.allclose(properties['spacing'], first['spacing'], rtol=0, atol=1e-4):
-                    raise ValueError(f"case {case}: {files[c]} has spacing {tuple(properties['spacing'])}, "
-                                     f"{first_file} has {tuple(first['spacing'])}; the modalities of a case must "
-                                     f"have one geometry")
+            used.append(names[c])
     if not used:
         raise ValueError(f"case {case}: no modality at all (" +
                          ', '.join(f'{n}: {r}' for n, r in reasons.items()) + "); refusing to predict it")
