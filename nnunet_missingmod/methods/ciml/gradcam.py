@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import sys
 from typing import List, Optional, Sequence
 
@@ -163,31 +164,28 @@ def _save_figures(pairs: List[dict], image: np.ndarray, modality_labels: Sequenc
     plt.close(fig)
 
 
-def run(model_folder: str, fold, output_folder: str, image_files: Optional[Sequence[str]] = None,
-        case: Optional[str] = None, checkpoint: str = 'checkpoint_final.pth', center=None,
-        missing: Sequence[str] = (), device: str = 'cpu') -> dict:
-    """Analyse one case (``image_files`` or ``case`` id in the raw data set); returns the JSON written."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+def check_input_images(model_folder: str, image_files: Optional[Sequence[str]], case: Optional[str],
+                       output_folder: str) -> List[str]:
+    """The image files of the case (``image_files`` or those of ``case`` in the raw data set), checked before the
+    model is loaded: one per modality of the model's ``dataset.json``, present, outside ``output_folder``, readable
+    with every voxel finite (a NIfTI file decoded again with nibabel: SimpleITK reads NaN/Inf as 0 and zero-fills a
+    truncated file) and of one shape and spacing
+    (:func:`~nnunet_missingmod.inference.predict.check_case_images`). ValueError / FileNotFoundError naming the file.
+    """
+    from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_missingmod.env import enable_ext_trainers
-    from nnunet_missingmod.regions import region_names
+    from nnunet_missingmod.inference.predict import check_case_images
 
-    enable_ext_trainers()
-    if (image_files is None) == (case is None):
-        raise ValueError("give either image files (-i) or a case id (--case)")
-    predictor = nnUNetPredictor(device=torch.device(device), verbose=False, verbose_preprocessing=False)
-    predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint)
-    network = predictor.network
-    if not isinstance(network, CIMLNetwork):
-        raise ValueError(f"{model_folder} is a {predictor.trainer_name} model, not a CIML model")
-    dataset_json = predictor.dataset_json
+    dataset_json = load_json(os.path.join(model_folder, 'dataset.json'))
+    plans_manager = PlansManager(load_json(os.path.join(model_folder, 'plans.json')))
     names = [dataset_json['channel_names'][k] for k in sorted(dataset_json['channel_names'], key=int)]
     if image_files is None:
         if nnUNet_raw is None:
             raise ValueError("nnUNet_raw is not set: cannot find case files; give them with -i")
-        raw = os.path.join(nnUNet_raw, predictor.plans_manager.dataset_name)
-        image_files = _case_files(case, dataset_json, raw)
+        image_files = _case_files(case, dataset_json, os.path.join(nnUNet_raw, plans_manager.dataset_name))
+    image_files = list(image_files)
     if len(image_files) != len(names):
         raise ValueError(f"{len(image_files)} image files given but the model expects {len(names)} ({names})")
     absent = [f for f in image_files if not os.path.isfile(f)]
@@ -196,6 +194,33 @@ def run(model_folder: str, fold, output_folder: str, image_files: Optional[Seque
     output_folder = os.path.abspath(output_folder)
     if any(os.path.dirname(os.path.abspath(f)) == output_folder for f in image_files):
         raise ValueError(f"output folder {output_folder} holds the input images; choose another one")
+    label = case or re.sub(r'_\d{4}' + re.escape(dataset_json['file_ending']) + '$', '',
+                           os.path.basename(image_files[0]))
+    check_case_images(label, dict(enumerate(image_files)), plans_manager.image_reader_writer_class())
+    return image_files
+
+
+def run(model_folder: str, fold, output_folder: str, image_files: Optional[Sequence[str]] = None,
+        case: Optional[str] = None, checkpoint: str = 'checkpoint_final.pth', center=None,
+        missing: Sequence[str] = (), device: str = 'cpu') -> dict:
+    """Analyse one case (``image_files`` or ``case`` id in the raw data set); returns the JSON written."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunet_missingmod.env import enable_ext_trainers
+    from nnunet_missingmod.regions import region_names
+
+    enable_ext_trainers()
+    if (image_files is None) == (case is None):
+        raise ValueError("give either image files (-i) or a case id (--case)")
+    image_files = check_input_images(model_folder, image_files, case, output_folder)
+    output_folder = os.path.abspath(output_folder)
+    predictor = nnUNetPredictor(device=torch.device(device), verbose=False, verbose_preprocessing=False)
+    predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint)
+    network = predictor.network
+    if not isinstance(network, CIMLNetwork):
+        raise ValueError(f"{model_folder} is a {predictor.trainer_name} model, not a CIML model")
+    dataset_json = predictor.dataset_json
+    names = [dataset_json['channel_names'][k] for k in sorted(dataset_json['channel_names'], key=int)]
 
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     data, _, _ = preprocessor.run_case(list(image_files), None, predictor.plans_manager,
@@ -231,8 +256,6 @@ def run(model_folder: str, fold, output_folder: str, image_files: Optional[Seque
 
 @command('nnUNetv2_mm_ciml_gradcam')
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import re
-
     from nnunet_missingmod.cli import ArgumentParser, check_device
     from nnunet_missingmod.inference.predict import add_missing_argument, add_nnunet_predict_arguments, check_model
     parser = ArgumentParser(prog='nnUNetv2_mm_ciml_gradcam', description=__doc__.split('\n\n')[0],
