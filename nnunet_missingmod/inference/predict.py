@@ -21,13 +21,16 @@ Every voxel of every input file is checked before the case is predicted (a NIfTI
 nibabel, as by the converter, since nnU-Net's SimpleITK reader reads NaN/Inf as 0 and zero-fills a truncated
 ``.nii.gz``): a NaN, Inf, truncated or unreadable file refuses its case with a line naming the file.
 
-It writes ``missing_modalities.json`` next to the predictions: per case, the modalities used and those that were
-zero-filled (absent file, ``--missing`` or an all-zero image), and the refused cases.
+It writes ``missing_modalities.json`` next to the predictions (with ``-num_parts N``:
+``missing_modalities.part{K}of{N}.json`` for ``-part_id K``, one per parallel call): per case, the modalities used
+and those that were zero-filled (absent file, ``--missing`` or an all-zero image), the refused cases, and
+``complete``. The report is written atomically, once before the first prediction (replacing an older one) and once
+at the end; an interrupted call leaves ``complete: false`` with the cases predicted so far in ``cases`` and the
+others in ``not_predicted``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import re
@@ -46,6 +49,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.file_path_utilities import get_output_folder
 
 from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
+from nnunet_missingmod.dataset_conversion.atomic_writing import atomic_write_json
 from nnunet_missingmod.dataset_conversion.brats_checks import check_voxels, is_nifti
 from nnunet_missingmod.dataset_conversion.errors import ConversionError
 from nnunet_missingmod.env import enable_ext_trainers
@@ -383,12 +387,12 @@ def main(argv=None) -> int:
     if not case_ids:
         raise CommandError(f"no CASE_XXXX{ending} files in {args.i}")
 
-    os.makedirs(args.o, exist_ok=True)
     reader_writer = predictor.plans_manager.image_reader_writer_class()
     zero_folder = tempfile.mkdtemp(prefix='mm_predict_zero_')
     report: Dict[str, dict] = {}
     refused: Dict[str, str] = {}
     list_of_lists, outputs = [], []
+    report_file = os.path.join(args.o, report_file_name(args.part_id, args.num_parts))
     try:
         for case in case_ids:
             try:
@@ -401,28 +405,66 @@ def main(argv=None) -> int:
                 continue
             list_of_lists.append(files)
             outputs.append(os.path.join(args.o, case))
-        if list_of_lists:
-            prev = args.prev_stage_predictions
-            if args.npp == 0 and args.nps == 0:
-                predictor.predict_from_files_sequential(list_of_lists, outputs, args.save_probabilities,
-                                                        not args.continue_prediction, prev)
-            else:
-                predictor.predict_from_files(list_of_lists, outputs, save_probabilities=args.save_probabilities,
-                                             overwrite=not args.continue_prediction,
-                                             num_processes_preprocessing=max(1, args.npp),
-                                             num_processes_segmentation_export=max(1, args.nps),
-                                             folder_with_segs_from_prev_stage=prev)
+        os.makedirs(args.o, exist_ok=True)
+        planned = [os.path.basename(o) for o in outputs]
+        before = {case: _mtime(os.path.join(args.o, case + ending)) for case in planned}
+
+        def write_report(done: Sequence[str], complete: bool) -> None:
+            atomic_write_json({'modalities': names, 'missing_option': [names[c] for c in dropped],
+                               'part': {'part_id': args.part_id, 'num_parts': args.num_parts}, 'complete': complete,
+                               'cases': {c: report[c] for c in done},
+                               'not_predicted': [c for c in planned if c not in done], 'refused': refused},
+                              Path(report_file))
+
+        write_report([], False)  # an older report of this part is replaced before anything is predicted
+        finished = False
+        try:
+            if list_of_lists:
+                prev = args.prev_stage_predictions
+                if args.npp == 0 and args.nps == 0:
+                    predictor.predict_from_files_sequential(list_of_lists, outputs, args.save_probabilities,
+                                                            not args.continue_prediction, prev)
+                else:
+                    predictor.predict_from_files(list_of_lists, outputs, save_probabilities=args.save_probabilities,
+                                                 overwrite=not args.continue_prediction,
+                                                 num_processes_preprocessing=max(1, args.npp),
+                                                 num_processes_segmentation_export=max(1, args.nps),
+                                                 folder_with_segs_from_prev_stage=prev)
+            finished = True
+        finally:
+            # interrupted: the cases whose prediction this call wrote (or kept, with --continue_prediction)
+            done = planned if finished else [c for c in planned if _predicted(
+                os.path.join(args.o, c + ending), before[c], args.continue_prediction)]
+            write_report(done, finished)
+            if not finished:
+                print(f"nnUNetv2_mm_predict: stopped after {len(done)} of {len(planned)} case(s); {report_file} "
+                      f"lists the cases predicted so far (complete: false)", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(zero_folder, ignore_errors=True)
-    with open(os.path.join(args.o, 'missing_modalities.json'), 'w') as f:
-        json.dump({'modalities': names, 'missing_option': [names[c] for c in dropped], 'cases': report,
-                   'refused': refused}, f, indent=2)
     if refused:
         print(f"nnUNetv2_mm_predict: error: {len(refused)} case(s) refused: {', '.join(sorted(refused))} (reasons "
-              f"above and in {os.path.join(args.o, 'missing_modalities.json')}); {len(list_of_lists)} case(s) "
-              f"predicted", file=sys.stderr)
+              f"above and in {report_file}); {len(list_of_lists)} case(s) predicted", file=sys.stderr)
         return 1
     return 0
+
+
+def report_file_name(part_id: int = 0, num_parts: int = 1) -> str:
+    """The report of one ``-part_id``/``-num_parts`` call: ``missing_modalities.json`` for a single call,
+    ``missing_modalities.part{K}of{N}.json`` for parallel ones (which would otherwise overwrite each other's)."""
+    return 'missing_modalities.json' if num_parts == 1 else f'missing_modalities.part{part_id}of{num_parts}.json'
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def _predicted(path: str, mtime_before: int | None, kept: bool) -> bool:
+    """Whether the prediction ``path`` is there and was written since ``mtime_before`` (or ``kept``: any)."""
+    now = _mtime(path)
+    return now is not None and (kept or now != mtime_before)
 
 
 if __name__ == '__main__':
