@@ -36,37 +36,31 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
 from tqdm import tqdm
 
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+from nnunetv2.paths import nnUNet_raw
 
 from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
 from nnunet_missingmod.env import enable_ext_trainers
 from nnunet_missingmod.evaluation import lesionwise
+# the cases (sources, references), re-exported: ``from nnunet_missingmod.evaluation.benchmark import ...`` works
+from nnunet_missingmod.evaluation.benchmark_cases import (  # noqa: F401
+    ABSENCE_MODES, DEFAULT_ABSENCE, Case, SubsetInput, check_references, complete_cases, load_reference,
+    present_files_input, preprocessed_dataset_folder, raw_test_cases, scan_test_folder, validation_cases,
+    validation_keys)
 from nnunet_missingmod.evaluation.metrics import (HD95_EMPTY_CHOICES, HD95_PENALTY_MM, all_labels_of,
                                                   empty_hd95_value, evaluate_case)
 from nnunet_missingmod.evaluation.tables import write_reports
-from nnunet_missingmod.inference.predict import (MissingModalityPredictor, add_nnunet_predict_arguments,
-                                                 make_predictor, prepare_case_files, scan_input_folder)
+from nnunet_missingmod.inference.predict import MissingModalityPredictor, add_nnunet_predict_arguments, make_predictor
 from nnunet_missingmod.modalities import (MODALITY_ORDERS, all_subsets, channel_order, modality_names,
                                           parse_subset, subset_name, subset_to_mask)
 from nnunet_missingmod.regions import dataset_regions
-
-#: the preprocessed data and properties of a case under a subset (channel indices of the present modalities)
-SubsetInput = Callable[[Tuple[int, ...]], Tuple[torch.Tensor, dict]]
-Case = Tuple[str, SubsetInput, str]  # identifier, its input under each subset, reference file
-#: ``--absence``: how a missing modality is made absent (see the module docstring)
-ABSENCE_MODES = ('raw', 'preprocessed')
-DEFAULT_ABSENCE = 'preprocessed'
 #: what the benchmark writes into ``-o`` (``--overwrite`` removes exactly these)
 OUTPUT_NAMES = ('per_case.csv', 'summary.json', 'table_dice.md', 'table_dice.tex', 'table_hd95.md', 'table_hd95.tex',
                 'table_lesiondice.md', 'table_lesiondice.tex', 'table_lesionhd95.md', 'table_lesionhd95.tex',
@@ -92,14 +86,6 @@ def prepare_output_folder(folder: str, overwrite: bool) -> None:
             os.remove(path)
 
 
-def check_references(predictor: MissingModalityPredictor, files: Sequence[str], allowed_labels: Sequence[int]
-                     ) -> None:
-    """Read every reference label map and check its label values, before anything is predicted."""
-    reader_writer = predictor.plans_manager.image_reader_writer_class()
-    for path in files:
-        _load_reference(reader_writer, path, allowed_labels)
-
-
 def benchmark_subsets(names: Sequence[str], order: str = 'paper', restrict: Sequence[str] | None = None
                       ) -> List[Tuple[str, Tuple[int, ...]]]:
     """``[(name, channels), ...]`` of the evaluated subsets in table order (optionally restricted)."""
@@ -111,135 +97,6 @@ def benchmark_subsets(names: Sequence[str], order: str = 'paper', restrict: Sequ
     return subsets
 
 
-def _load_reference(reader_writer, path: str, allowed_labels: Sequence[int]) -> Tuple[np.ndarray, List[float]]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"reference segmentation {path} does not exist")
-    try:
-        seg, properties = reader_writer.read_seg(path)
-    except Exception as e:  # noqa: BLE001 - an unreadable reference is bad input, named
-        raise ValueError(f"reference segmentation {path} cannot be read ({type(e).__name__}: "
-                         f"{' '.join(str(e).split()) or 'no detail'})") from e
-    seg = seg[0]
-    unexpected = sorted(set(np.unique(seg).tolist()) - set(allowed_labels) - {0})
-    unexpected = [int(v) if float(v).is_integer() else v for v in unexpected]
-    if unexpected:
-        raise ValueError(f"{path}: unexpected label values {unexpected}; dataset.json labels use {allowed_labels}")
-    return seg, [float(s) for s in properties['spacing']]
-
-
-def preprocessed_dataset_folder(dataset: str) -> str:
-    """``$nnUNet_preprocessed/DatasetXXX_Name`` of a dataset name or ID."""
-    return os.path.join(nnUNet_preprocessed, maybe_convert_to_dataset_name(dataset))
-
-
-def validation_keys(folder: str, fold: int) -> List[str]:
-    """Validation case identifiers of ``fold`` in ``folder/splits_final.json``."""
-    splits_file = os.path.join(folder, 'splits_final.json')
-    if not os.path.isfile(splits_file):
-        raise FileNotFoundError(f"{splits_file} does not exist: --val needs nnU-Net's splits (train the model first)")
-    splits = load_json(splits_file)
-    if not isinstance(fold, int) or not 0 <= fold < len(splits):
-        raise ValueError(f"fold {fold!r} has no validation split in {splits_file} ({len(splits)} folds)")
-    return sorted(splits[fold]['val'])
-
-
-def _tensor(data) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(data), dtype=np.float32))
-
-
-def _same_for_every_subset(data: torch.Tensor, properties: dict) -> SubsetInput:
-    """``--absence preprocessed``: one preprocessed case for every subset (the predictor zeroes missing channels)."""
-    return lambda subset: (data, properties)
-
-
-def present_files_input(predictor: MissingModalityPredictor, case: str, files: Dict[int, str]) -> SubsetInput:
-    """``--absence raw``: under a subset, ``case`` preprocessed from the files of the present modalities only, as
-    ``nnUNetv2_mm_predict`` sees a case whose other files are absent (its :func:`prepare_case_files` zero-fills
-    them in the geometry of a present modality, then nnU-Net's preprocessor runs on the files)."""
-    dataset_json = predictor.dataset_json
-    names, ending = modality_names(dataset_json), dataset_json['file_ending']
-    reader_writer = predictor.plans_manager.image_reader_writer_class()
-    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-
-    def subset_input(subset: Tuple[int, ...]) -> Tuple[torch.Tensor, dict]:
-        present = {c: f for c, f in files.items() if c in subset}
-        with tempfile.TemporaryDirectory(prefix='mm_benchmark_absent_') as zero_folder:
-            paths, _ = prepare_case_files(case, present, names, [], reader_writer, ending, zero_folder)
-            data, _, properties = preprocessor.run_case(paths, None, predictor.plans_manager,
-                                                        predictor.configuration_manager, dataset_json)
-        return _tensor(data), properties
-    return subset_input
-
-
-def validation_cases(predictor: MissingModalityPredictor, folder: str, fold: int,
-                     keys: Sequence[str] | None = None, raw_images: str | None = None) -> Iterator[Case]:
-    """The validation cases of ``fold`` (``folder/splits_final.json``; ``folder`` is the data set's nnU-Net
-    preprocessed folder) and their reference files (``folder/gt_segmentations``); ``keys`` restricts. The input is
-    nnU-Net's preprocessed data (``--absence preprocessed``) or, with ``raw_images`` (the data set's raw
-    ``imagesTr``), the present files of each subset (``--absence raw``)."""
-    keys = validation_keys(folder, fold) if keys is None else list(keys)
-    ending = predictor.dataset_json['file_ending']
-    if raw_images is not None:
-        files = complete_cases(raw_images, predictor.dataset_json, keys)
-        for key in keys:
-            yield key, present_files_input(predictor, key, files[key]), \
-                os.path.join(folder, 'gt_segmentations', key + ending)
-        return
-    data_folder = os.path.join(folder, predictor.configuration_manager.data_identifier)
-    ds = infer_dataset_class(data_folder)(data_folder, keys)
-    for key in keys:
-        data, _, _, properties = ds.load_case(key)
-        yield key, _same_for_every_subset(_tensor(data[:]), properties), \
-            os.path.join(folder, 'gt_segmentations', key + ending)
-
-
-def raw_test_cases(predictor: MissingModalityPredictor, images: str, labels: str,
-                   absence: str = DEFAULT_ABSENCE) -> Iterator[Case]:
-    """Cases of a raw test folder (all modality files required): preprocessed once per subset from the present
-    files (``absence='raw'``) or once with all files (``'preprocessed'``)."""
-    if absence not in ABSENCE_MODES:
-        raise ValueError(f"unknown absence mode {absence!r}; use one of {ABSENCE_MODES}")
-    dataset_json = predictor.dataset_json
-    ending = dataset_json['file_ending']
-    cases = scan_test_folder(images, labels, dataset_json)
-    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    for case in sorted(cases):
-        if absence == 'raw':
-            subset_input = present_files_input(predictor, case, cases[case])
-        else:
-            files = [cases[case][c] for c in sorted(cases[case])]
-            data, _, properties = preprocessor.run_case(files, None, predictor.plans_manager,
-                                                        predictor.configuration_manager, dataset_json)
-            subset_input = _same_for_every_subset(_tensor(data), properties)
-        yield case, subset_input, os.path.join(labels, case + ending)
-
-
-def complete_cases(images: str, dataset_json: dict, keys: Sequence[str] | None = None) -> Dict[str, Dict[int, str]]:
-    """``{case: {channel: path}}`` of a raw image folder (of the cases ``keys``, default all);
-    FileNotFoundError naming the case for a case that lacks a modality file or has none."""
-    names = modality_names(dataset_json)
-    cases = scan_input_folder(images, dataset_json['file_ending'], len(names))
-    if not cases:
-        raise FileNotFoundError(f"no CASE_XXXX{dataset_json['file_ending']} files in {images}")
-    for case in (sorted(cases) if keys is None else keys):
-        absent = [names[c] for c in range(len(names)) if c not in cases.get(case, {})]
-        if absent:
-            raise FileNotFoundError(f"case {case} in {images} lacks the files of {absent}: the benchmark needs "
-                                    f"complete cases (it drops modalities itself)")
-    return cases if keys is None else {k: cases[k] for k in keys}
-
-
-def scan_test_folder(images: str, labels: str, dataset_json: dict) -> dict:
-    """``{case: {channel: path}}`` of a raw test folder; FileNotFoundError naming the case for an incomplete case
-    or an absent reference."""
-    ending = dataset_json['file_ending']
-    cases = complete_cases(images, dataset_json)
-    for case in cases:
-        if not os.path.isfile(os.path.join(labels, case + ending)):
-            raise FileNotFoundError(f"case {case}: no reference {os.path.join(labels, case + ending)}")
-    return cases
-
-
 def predict_subset(predictor: MissingModalityPredictor, data: torch.Tensor, properties: dict,
                    mask: np.ndarray) -> np.ndarray:
     """Label map in the original geometry of one preprocessed case predicted under ``mask``."""
@@ -249,43 +106,72 @@ def predict_subset(predictor: MissingModalityPredictor, data: torch.Tensor, prop
         return_probabilities=False)
 
 
-def run_benchmark(predictors_and_cases, subsets: Sequence[Tuple[str, Tuple[int, ...]]], regions, num_modalities: int,
-                  hd95_empty='penalty', et_min_voxels: int = 0, et_mode: str = 'remove',
-                  save_predictions: str | None = None, progress: bool = True, lesion_wise: bool = False) -> List[dict]:
-    """Rows ``{case, subset, n_missing, region, Dice, HD95}`` of every case under every subset, with
-    ``lesion_wise`` also ``LesionDice`` and ``LesionHD95`` (:mod:`~nnunet_missingmod.evaluation.lesionwise`).
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What :func:`run_benchmark` evaluates and how (everything but the model and the cases).
+
+    ``subsets``: ``[(name, channels), ...]`` (:func:`benchmark_subsets`); ``regions``: ``[(name, labels), ...]``
+    (:func:`~nnunet_missingmod.regions.dataset_regions`); ``num_modalities``: M of the data set; ``hd95_empty``,
+    ``et_min_voxels``, ``et_mode``: see :func:`~nnunet_missingmod.evaluation.metrics.evaluate_case`;
+    ``save_predictions``: folder for ``<subset>/<case><file_ending>`` (None: not saved); ``progress``: tqdm bar;
+    ``lesion_wise``: also ``LesionDice`` and ``LesionHD95`` (:mod:`~nnunet_missingmod.evaluation.lesionwise`).
+    """
+    subsets: Tuple[Tuple[str, Tuple[int, ...]], ...]
+    regions: Tuple[Tuple[str, Tuple[int, ...]], ...]
+    num_modalities: int
+    hd95_empty: str | float = 'penalty'
+    et_min_voxels: int = 0
+    et_mode: str = 'remove'
+    save_predictions: str | None = None
+    progress: bool = True
+    lesion_wise: bool = False
+
+    def __post_init__(self):
+        # sequences of pairs as given (lists from JSON or the parsers) become tuples: the settings stay frozen
+        object.__setattr__(self, 'subsets', tuple((str(n), tuple(s)) for n, s in self.subsets))
+        object.__setattr__(self, 'regions', tuple((str(n), tuple(v)) for n, v in self.regions))
+        if self.et_mode not in ('remove', 'relabel'):
+            raise ValueError(f"et_mode must be 'remove' or 'relabel', got {self.et_mode!r}")
+
+
+def run_benchmark(predictors_and_cases, settings: BenchmarkSettings) -> List[dict]:
+    """Rows ``{case, subset, n_missing, region, Dice, HD95}`` of every case under every subset of ``settings``,
+    with ``settings.lesion_wise`` also ``LesionDice`` and ``LesionHD95``.
 
     ``predictors_and_cases``: iterable of ``(predictor, iterator of cases, number of cases)``.
     """
     rows: List[dict] = []
-    evaluator = lesionwise.lesion_evaluator() if lesion_wise else None
+    evaluator = lesionwise.lesion_evaluator() if settings.lesion_wise else None
+    regions, m = settings.regions, settings.num_modalities
     allowed = all_labels_of(regions)
-    total = sum(n for _, _, n in predictors_and_cases) * len(subsets)
-    with tqdm(total=total, desc='cases x subsets', disable=not progress) as bar:
+    total = sum(n for _, _, n in predictors_and_cases) * len(settings.subsets)
+    with tqdm(total=total, desc='cases x subsets', disable=not settings.progress) as bar:
         for predictor, cases, _ in predictors_and_cases:
             reader_writer = predictor.plans_manager.image_reader_writer_class()
             for case, subset_input, reference_file in cases:
-                reference, spacing = _load_reference(reader_writer, reference_file, allowed)
-                for name, subset in subsets:
+                reference, spacing = load_reference(reader_writer, reference_file, allowed)
+                for name, subset in settings.subsets:
                     bar.set_postfix_str(f'{case} {name}')
                     data, properties = subset_input(subset)
-                    seg = predict_subset(predictor, data, properties, subset_to_mask(subset, num_modalities))
+                    seg = predict_subset(predictor, data, properties, subset_to_mask(subset, m))
                     if seg.shape != reference.shape:
                         raise ValueError(f"case {case}: prediction shape {seg.shape} differs from reference "
                                          f"{reference_file} shape {reference.shape}")
-                    if save_predictions:
-                        folder = os.path.join(save_predictions, name)
+                    if settings.save_predictions:
+                        folder = os.path.join(settings.save_predictions, name)
                         os.makedirs(folder, exist_ok=True)
                         reader_writer.write_seg(seg, os.path.join(folder, case + predictor.dataset_json[
                             'file_ending']), properties)
-                    scores = evaluate_case(seg, reference, regions, spacing, hd95_empty, et_min_voxels, et_mode)
-                    if lesion_wise:
+                    scores = evaluate_case(seg, reference, regions, spacing, settings.hd95_empty,
+                                           settings.et_min_voxels, settings.et_mode)
+                    if settings.lesion_wise:
                         lesions = lesionwise.evaluate_case_lesionwise(seg, reference, regions, spacing,
-                                                                      et_min_voxels, et_mode, evaluator)
+                                                                      settings.et_min_voxels, settings.et_mode,
+                                                                      evaluator)
                         scores = {region: {**values, **lesions[region]} for region, values in scores.items()}
                     for region, values in scores.items():
-                        rows.append({'case': case, 'subset': name, 'n_missing': num_modalities - len(subset),
-                                     'region': region, **values})
+                        rows.append({'case': case, 'subset': name, 'n_missing': m - len(subset), 'region': region,
+                                     **values})
                     bar.update()
     return rows
 
@@ -398,10 +284,11 @@ def main(argv=None) -> int:
 
     prepare_output_folder(args.o, args.overwrite)
     os.makedirs(args.o, exist_ok=True)
-    rows = run_benchmark(jobs, subsets, regions, len(names), hd95_empty, args.et_postprocess,
-                         args.et_postprocess_mode,
-                         os.path.join(args.o, 'predictions') if args.save_predictions else None,
-                         progress=not args.disable_progress_bar, lesion_wise=args.lesionwise)
+    settings = BenchmarkSettings(subsets, regions, len(names), hd95_empty, args.et_postprocess,
+                                 args.et_postprocess_mode,
+                                 os.path.join(args.o, 'predictions') if args.save_predictions else None,
+                                 progress=not args.disable_progress_bar, lesion_wise=args.lesionwise)
+    rows = run_benchmark(jobs, settings)
     subset_names = [n for n, _ in subsets]
     n_missing = {n: len(names) - len(s) for n, s in subsets}
     write_reports(rows, subset_names, n_missing, [r for r, _ in regions], args.o,

@@ -85,7 +85,8 @@ def test_benchmark_val_writes_every_subset_and_region(nnunet_dataset, mm_benchma
 def test_benchmark_numbers_are_reproducible_in_process(nnunet_dataset, mm_benchmark):
     """The same model, case and subsets through the Python API give the very same numbers."""
     from nnunet_missingmod.env import enable_ext_trainers
-    from nnunet_missingmod.evaluation.benchmark import benchmark_subsets, run_benchmark, validation_cases
+    from nnunet_missingmod.evaluation.benchmark import (BenchmarkSettings, benchmark_subsets, run_benchmark,
+                                                        validation_cases)
     enable_ext_trainers()
     predictor = MissingModalityPredictor(use_mirroring=False, device=torch.device('cpu'), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(nnunet_dataset.result_folder(TRAINER)), [0])
@@ -93,8 +94,8 @@ def test_benchmark_numbers_are_reproducible_in_process(nnunet_dataset, mm_benchm
     subsets = benchmark_subsets(names, 'paper', ['T1ce', 'FLAIR+T2', FULL])
     case = mm_benchmark.cases[0]
     cases = validation_cases(predictor, str(nnunet_dataset.preprocessed), 0, [case])
-    rows = run_benchmark([(predictor, cases, 1)], subsets, dataset_regions(predictor.dataset_json), 4,
-                         progress=False)
+    rows = run_benchmark([(predictor, cases, 1)],
+                         BenchmarkSettings(subsets, dataset_regions(predictor.dataset_json), 4, progress=False))
     saved = {(r['subset'], r['region']): r for r in read_rows(mm_benchmark.out / 'per_case.csv') if r['case'] == case}
     assert len(rows) == 9
     for row in rows:
@@ -105,7 +106,8 @@ def test_benchmark_numbers_are_reproducible_in_process(nnunet_dataset, mm_benchm
 def test_raw_test_set_mode_preprocesses_like_nnunet_and_matches_val_mode(nnunet_dataset, mm_benchmark, tmp_path):
     """``-i``/``-l`` mode (nnU-Net's preprocessor on raw files) gives the numbers of the preprocessed val data."""
     from nnunet_missingmod.env import enable_ext_trainers
-    from nnunet_missingmod.evaluation.benchmark import benchmark_subsets, raw_test_cases, run_benchmark
+    from nnunet_missingmod.evaluation.benchmark import (BenchmarkSettings, benchmark_subsets, raw_test_cases,
+                                                        run_benchmark)
     enable_ext_trainers()
     case = mm_benchmark.cases[-1]
     images = tmp_path / 'imagesTs'
@@ -115,8 +117,9 @@ def test_raw_test_set_mode_preprocesses_like_nnunet_and_matches_val_mode(nnunet_
     predictor = MissingModalityPredictor(use_mirroring=False, device=torch.device('cpu'), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(nnunet_dataset.result_folder(TRAINER)), [0])
     subsets = benchmark_subsets(['T1', 'T1ce', 'T2', 'FLAIR'], 'paper', ['T1+T2'])
-    rows = run_benchmark([(predictor, raw_test_cases(predictor, str(images), str(nnunet_dataset.raw / 'labelsTr')),
-                           1)], subsets, dataset_regions(predictor.dataset_json), 4, progress=False)
+    cases = raw_test_cases(predictor, str(images), str(nnunet_dataset.raw / 'labelsTr'))
+    rows = run_benchmark([(predictor, cases, 1)],
+                         BenchmarkSettings(subsets, dataset_regions(predictor.dataset_json), 4, progress=False))
     saved = {r['region']: r for r in read_rows(mm_benchmark.out / 'per_case.csv')
              if r['case'] == case and r['subset'] == 'T1+T2'}
     assert [r['region'] for r in rows] == ['WT', 'TC', 'ET']

@@ -1,0 +1,174 @@
+"""The cases of ``nnUNetv2_mm_benchmark``: where they come from, their input under each modality subset, their
+reference label maps.
+
+A case is ``(identifier, input under a subset, reference file)``; the input is a function of the subset (channel
+indices of the present modalities) that returns the preprocessed data and nnU-Net's properties. Sources:
+
+* :func:`raw_test_cases`: a raw test folder (``-i``/``-l``), every modality file required;
+* :func:`validation_cases`: each fold's validation cases (``--val``), from nnU-Net's preprocessed data or, under
+  ``--absence raw``, from the raw ``imagesTr``.
+
+How a missing modality is made absent (``--absence``) is described in :mod:`nnunet_missingmod.evaluation.benchmark`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+from nnunet_missingmod.inference.predict import MissingModalityPredictor, prepare_case_files, scan_input_folder
+from nnunet_missingmod.modalities import modality_names
+
+#: the preprocessed data and properties of a case under a subset (channel indices of the present modalities)
+SubsetInput = Callable[[Tuple[int, ...]], Tuple[torch.Tensor, dict]]
+Case = Tuple[str, SubsetInput, str]  # identifier, its input under each subset, reference file
+#: ``--absence``: how a missing modality is made absent (see :mod:`nnunet_missingmod.evaluation.benchmark`)
+ABSENCE_MODES = ('raw', 'preprocessed')
+DEFAULT_ABSENCE = 'preprocessed'
+
+
+def check_references(predictor: MissingModalityPredictor, files: Sequence[str], allowed_labels: Sequence[int]
+                     ) -> None:
+    """Read every reference label map and check its label values, before anything is predicted."""
+    reader_writer = predictor.plans_manager.image_reader_writer_class()
+    for path in files:
+        load_reference(reader_writer, path, allowed_labels)
+
+
+def load_reference(reader_writer, path: str, allowed_labels: Sequence[int]) -> Tuple[np.ndarray, List[float]]:
+    """The label map ``(Z, Y, X)`` of a reference file and its spacing; FileNotFoundError / ValueError naming the
+    file when it is absent, unreadable or has label values outside ``allowed_labels``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"reference segmentation {path} does not exist")
+    try:
+        seg, properties = reader_writer.read_seg(path)
+    except Exception as e:  # noqa: BLE001 - an unreadable reference is bad input, named
+        raise ValueError(f"reference segmentation {path} cannot be read ({type(e).__name__}: "
+                         f"{' '.join(str(e).split()) or 'no detail'})") from e
+    seg = seg[0]
+    unexpected = sorted(set(np.unique(seg).tolist()) - set(allowed_labels) - {0})
+    unexpected = [int(v) if float(v).is_integer() else v for v in unexpected]
+    if unexpected:
+        raise ValueError(f"{path}: unexpected label values {unexpected}; dataset.json labels use {allowed_labels}")
+    return seg, [float(s) for s in properties['spacing']]
+
+
+def preprocessed_dataset_folder(dataset: str) -> str:
+    """``$nnUNet_preprocessed/DatasetXXX_Name`` of a dataset name or ID."""
+    return os.path.join(nnUNet_preprocessed, maybe_convert_to_dataset_name(dataset))
+
+
+def validation_keys(folder: str, fold: int) -> List[str]:
+    """Validation case identifiers of ``fold`` in ``folder/splits_final.json``."""
+    splits_file = os.path.join(folder, 'splits_final.json')
+    if not os.path.isfile(splits_file):
+        raise FileNotFoundError(f"{splits_file} does not exist: --val needs nnU-Net's splits (train the model first)")
+    splits = load_json(splits_file)
+    if not isinstance(fold, int) or not 0 <= fold < len(splits):
+        raise ValueError(f"fold {fold!r} has no validation split in {splits_file} ({len(splits)} folds)")
+    return sorted(splits[fold]['val'])
+
+
+def _tensor(data) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(data), dtype=np.float32))
+
+
+def _same_for_every_subset(data: torch.Tensor, properties: dict) -> SubsetInput:
+    """``--absence preprocessed``: one preprocessed case for every subset (the predictor zeroes missing channels)."""
+    return lambda subset: (data, properties)
+
+
+def present_files_input(predictor: MissingModalityPredictor, case: str, files: Dict[int, str]) -> SubsetInput:
+    """``--absence raw``: under a subset, ``case`` preprocessed from the files of the present modalities only, as
+    ``nnUNetv2_mm_predict`` sees a case whose other files are absent (its :func:`prepare_case_files` zero-fills
+    them in the geometry of a present modality, then nnU-Net's preprocessor runs on the files)."""
+    dataset_json = predictor.dataset_json
+    names, ending = modality_names(dataset_json), dataset_json['file_ending']
+    reader_writer = predictor.plans_manager.image_reader_writer_class()
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+
+    def subset_input(subset: Tuple[int, ...]) -> Tuple[torch.Tensor, dict]:
+        present = {c: f for c, f in files.items() if c in subset}
+        with tempfile.TemporaryDirectory(prefix='mm_benchmark_absent_') as zero_folder:
+            paths, _ = prepare_case_files(case, present, names, [], reader_writer, ending, zero_folder)
+            data, _, properties = preprocessor.run_case(paths, None, predictor.plans_manager,
+                                                        predictor.configuration_manager, dataset_json)
+        return _tensor(data), properties
+    return subset_input
+
+
+def validation_cases(predictor: MissingModalityPredictor, folder: str, fold: int,
+                     keys: Sequence[str] | None = None, raw_images: str | None = None) -> Iterator[Case]:
+    """The validation cases of ``fold`` (``folder/splits_final.json``; ``folder`` is the data set's nnU-Net
+    preprocessed folder) and their reference files (``folder/gt_segmentations``); ``keys`` restricts. The input is
+    nnU-Net's preprocessed data (``--absence preprocessed``) or, with ``raw_images`` (the data set's raw
+    ``imagesTr``), the present files of each subset (``--absence raw``)."""
+    keys = validation_keys(folder, fold) if keys is None else list(keys)
+    ending = predictor.dataset_json['file_ending']
+    if raw_images is not None:
+        files = complete_cases(raw_images, predictor.dataset_json, keys)
+        for key in keys:
+            yield key, present_files_input(predictor, key, files[key]), \
+                os.path.join(folder, 'gt_segmentations', key + ending)
+        return
+    data_folder = os.path.join(folder, predictor.configuration_manager.data_identifier)
+    ds = infer_dataset_class(data_folder)(data_folder, keys)
+    for key in keys:
+        data, _, _, properties = ds.load_case(key)
+        yield key, _same_for_every_subset(_tensor(data[:]), properties), \
+            os.path.join(folder, 'gt_segmentations', key + ending)
+
+
+def raw_test_cases(predictor: MissingModalityPredictor, images: str, labels: str,
+                   absence: str = DEFAULT_ABSENCE) -> Iterator[Case]:
+    """Cases of a raw test folder (all modality files required): preprocessed once per subset from the present
+    files (``absence='raw'``) or once with all files (``'preprocessed'``)."""
+    if absence not in ABSENCE_MODES:
+        raise ValueError(f"unknown absence mode {absence!r}; use one of {ABSENCE_MODES}")
+    dataset_json = predictor.dataset_json
+    ending = dataset_json['file_ending']
+    cases = scan_test_folder(images, labels, dataset_json)
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    for case in sorted(cases):
+        if absence == 'raw':
+            subset_input = present_files_input(predictor, case, cases[case])
+        else:
+            files = [cases[case][c] for c in sorted(cases[case])]
+            data, _, properties = preprocessor.run_case(files, None, predictor.plans_manager,
+                                                        predictor.configuration_manager, dataset_json)
+            subset_input = _same_for_every_subset(_tensor(data), properties)
+        yield case, subset_input, os.path.join(labels, case + ending)
+
+
+def complete_cases(images: str, dataset_json: dict, keys: Sequence[str] | None = None) -> Dict[str, Dict[int, str]]:
+    """``{case: {channel: path}}`` of a raw image folder (of the cases ``keys``, default all);
+    FileNotFoundError naming the case for a case that lacks a modality file or has none."""
+    names = modality_names(dataset_json)
+    cases = scan_input_folder(images, dataset_json['file_ending'], len(names))
+    if not cases:
+        raise FileNotFoundError(f"no CASE_XXXX{dataset_json['file_ending']} files in {images}")
+    for case in (sorted(cases) if keys is None else keys):
+        absent = [names[c] for c in range(len(names)) if c not in cases.get(case, {})]
+        if absent:
+            raise FileNotFoundError(f"case {case} in {images} lacks the files of {absent}: the benchmark needs "
+                                    f"complete cases (it drops modalities itself)")
+    return cases if keys is None else {k: cases[k] for k in keys}
+
+
+def scan_test_folder(images: str, labels: str, dataset_json: dict) -> dict:
+    """``{case: {channel: path}}`` of a raw test folder; FileNotFoundError naming the case for an incomplete case
+    or an absent reference."""
+    ending = dataset_json['file_ending']
+    cases = complete_cases(images, dataset_json)
+    for case in cases:
+        if not os.path.isfile(os.path.join(labels, case + ending)):
+            raise FileNotFoundError(f"case {case}: no reference {os.path.join(labels, case + ending)}")
+    return cases
