@@ -11,7 +11,10 @@ region block is marked (bold). Dice in %, HD95 in mm (lower is better). Written 
   benchmark folder(s).
 
 Method names are the benchmarks' trainers (``summary.json``'s ``model.trainer``) unless ``--names`` gives them; the
-benchmarks must share subsets and regions. Nothing is written when an input is unusable.
+benchmarks must share subsets and regions. Every ``summary.json`` is checked (each metric, subset and region the tables
+need; the file and the missing entry are named) before anything is written; nothing is written when an input is
+unusable. A non-empty ``-o`` needs ``--overwrite``, which replaces the files above (:data:`OUTPUT_NAMES`) and leaves
+other files there alone. The files are written into a temporary sibling folder and moved into ``-o`` at the end.
 
 ``--average-splits K`` reports every method as the average over K data splits, RFNet's way for its three BraTS 2018
 splits (its README: "Brats2018 contains three different training and test splits and the average results are
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -32,22 +37,93 @@ from nnunet_missingmod.cli import ArgumentParser, CommandError, command
 from nnunet_missingmod.evaluation.tables import METRICS, _fmt, _latex_escape, _pyplot, missing_curve
 
 PROG = 'nnUNetv2_mm_compare'
+#: what the comparison writes into ``-o`` (``--overwrite`` replaces exactly these)
+OUTPUT_NAMES = ('comparison_dice.md', 'comparison_dice.tex', 'comparison_hd95.md', 'comparison_hd95.tex',
+                'dice_vs_missing.png', 'comparison.json')
+
+
+def _lookup(summary: dict, keys: Sequence[str], path: str):
+    """``summary[k0][k1]...``; :class:`CommandError` naming the file and the first missing key."""
+    value = summary
+    for i, key in enumerate(keys):
+        if not isinstance(value, dict) or key not in value:
+            raise CommandError(f"{path}: lacks {'.'.join(keys[:i + 1])}; re-run nnUNetv2_mm_benchmark")
+        value = value[key]
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_summary(summary, path: str) -> None:
+    """:class:`CommandError` (one line naming ``path`` and the entry) unless ``summary`` has everything the
+    comparison reads: the subset and region names, ``n_missing`` per subset, and a number or null for every metric
+    of :data:`METRICS`, subset and region in ``mean`` and per metric and region in ``Avg``."""
+    if not isinstance(summary, dict):
+        raise CommandError(f"{path}: not a benchmark summary (a JSON object expected)")
+    for key in ('subsets', 'regions'):
+        names = _lookup(summary, [key], path)
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise CommandError(f"{path}: {key} is not a list of names; re-run nnUNetv2_mm_benchmark")
+    subsets, regions = summary['subsets'], summary['regions']
+    for subset in subsets:
+        if not isinstance(_lookup(summary, ['n_missing', subset], path), int):
+            raise CommandError(f"{path}: n_missing.{subset} is not a whole number")
+    entries = [['mean', m, s, r] for m in METRICS for s in subsets for r in regions]
+    entries += [['Avg', m, r] for m in METRICS for r in regions]
+    for keys in entries:
+        value = _lookup(summary, keys, path)
+        if value is not None and not _is_number(value):
+            raise CommandError(f"{path}: {'.'.join(keys)} is {value!r}, not a number")
 
 
 def load_benchmark(folder: str) -> dict:
-    """``summary.json`` of one benchmark output folder, checked for what the comparison needs."""
+    """``summary.json`` of one benchmark output folder, checked for what the comparison needs
+    (:func:`check_summary`)."""
     path = os.path.join(folder, 'summary.json')
     if not os.path.isfile(path):
         raise CommandError(f"{folder}: no summary.json (is it an nnUNetv2_mm_benchmark output folder?)")
     try:
         with open(path) as f:
             summary = json.load(f)
-    except json.JSONDecodeError as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CommandError(f"{path}: not valid JSON ({e})") from e
-    missing = [k for k in ('mean', 'Avg', 'subsets', 'regions', 'n_missing') if k not in summary]
-    if missing:
-        raise CommandError(f"{path}: lacks {missing}; re-run nnUNetv2_mm_benchmark")
+    check_summary(summary, path)
     return summary
+
+
+def check_output_folder(output: str, overwrite: bool) -> None:
+    """:class:`CommandError` for an ``output`` that is a file, or a non-empty folder without ``overwrite``."""
+    if os.path.lexists(output) and not os.path.isdir(output):
+        raise CommandError(f"-o {output} is a file, not a folder")
+    if os.path.isdir(output) and os.listdir(output) and not overwrite:
+        names = sorted(os.listdir(output))
+        raise CommandError(f"output folder {output} is not empty ({', '.join(names[:5])}"
+                           f"{' ...' if len(names) > 5 else ''}); use --overwrite to replace an earlier comparison "
+                           f"there, or choose an empty folder")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _move_into_place(tmp: str, output: str) -> None:
+    """The finished files of ``tmp`` into ``output``: a rename of the folder when ``output`` does not exist, else
+    each file replaced by rename, and the comparison files of an earlier run that this one did not write removed
+    (other files in ``output`` stay)."""
+    if not os.path.isdir(output):
+        os.rename(tmp, output)
+        return
+    written = set(os.listdir(tmp))
+    for name in sorted(written):
+        os.replace(os.path.join(tmp, name), os.path.join(output, name))
+    for name in OUTPUT_NAMES:
+        if name not in written and os.path.isfile(os.path.join(output, name)):
+            os.remove(os.path.join(output, name))
+    os.rmdir(tmp)
 
 
 def method_names(summaries: Sequence[dict], folders: Sequence[str], names: Sequence[str] | None) -> List[str]:
@@ -157,10 +233,13 @@ def average_splits(summaries: Sequence[dict]) -> dict:
             'n_missing': first['n_missing'], 'model': {'trainer': trainers.pop() if len(trainers) == 1 else None}}
 
 
-def compare(folders: Sequence[str], output: str, names: Sequence[str] | None = None, splits: int = 1) -> dict:
+def compare(folders: Sequence[str], output: str, names: Sequence[str] | None = None, splits: int = 1,
+            overwrite: bool = False) -> dict:
     """Merge the benchmark outputs in ``folders`` into the comparison files in ``output``; returns the merged
     means ``{method: {'mean': ..., 'Avg': ...}}``. With ``splits`` K > 1, ``folders`` holds K consecutive splits per
-    method, each method's values averaged over them (:func:`average_splits`)."""
+    method, each method's values averaged over them (:func:`average_splits`). Every input is checked before
+    anything is written; a non-empty ``output`` needs ``overwrite``; the files are written into a temporary sibling
+    folder and moved into ``output`` at the end."""
     if not folders:
         raise CommandError("no benchmark folder given")
     if splits < 1:
@@ -185,7 +264,22 @@ def compare(folders: Sequence[str], output: str, names: Sequence[str] | None = N
         summaries = [average_splits(summaries[i:i + splits]) for i in range(0, len(folders), splits)]
         folders = [group[0] for group in groups]
     methods = method_names(summaries, folders, names)
-    os.makedirs(output, exist_ok=True)
+    check_output_folder(output, overwrite)
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.abspath(output))}.', suffix='.tmp', dir=parent)
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would become -o's mode
+        merged = _write_comparison(tmp, summaries, methods, groups, regions, subsets, splits)
+        _move_into_place(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return merged
+
+
+def _write_comparison(output, summaries, methods, groups, regions, subsets, splits) -> dict:
+    """The comparison files of :func:`compare` into the (temporary) folder ``output``; returns the merged means."""
     for metric in METRICS:
         stem = os.path.join(output, f'comparison_{metric.lower()}')
         with open(stem + '.md', 'w') as f:
@@ -219,14 +313,16 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog=PROG, description='Merge nnUNetv2_mm_benchmark outputs into one comparison table '
                                                    '(methods x regions, subsets as columns, best per column marked).')
     parser.add_argument('-i', nargs='+', required=True, metavar='BENCH_DIR', help='nnUNetv2_mm_benchmark -o folders')
-    parser.add_argument('-o', required=True, help='output folder')
+    parser.add_argument('-o', required=True, help='output folder (new or empty, or see --overwrite)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='-o may hold an earlier comparison: its files are replaced (other files stay)')
     parser.add_argument('--names', nargs='+', help='method names in the order of -i (default: the trainers)')
     parser.add_argument('--average-splits', type=int, default=1, metavar='K',
                         help='average every method over K data splits as RFNet does for BraTS 2018 (mean of the '
                              'per-split means): -i gives split 1..K of the first method, then split 1..K of the '
                              'second ...; --names one name per method')
     args = parser.parse_args(argv)
-    compare(args.i, args.o, args.names, args.average_splits)
+    compare(args.i, args.o, args.names, args.average_splits, args.overwrite)
     print(open(os.path.join(args.o, 'comparison_dice.md')).read())
     if args.average_splits > 1:
         print(f"values: {averaging_note(args.average_splits)}")

@@ -119,3 +119,72 @@ def test_average_splits_bad_inputs_fail_with_one_line(tmp_path):
         assert result.returncode == 1 and needle in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
     assert not any((tmp_path / o).exists() for o in ('o1', 'o2', 'o3'))
+
+
+# ---------------------------------------------------------------------- incomplete summaries, a used -o, atomicity
+def _one_line(result, fragment):
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('nnUNetv2_mm_compare: error: '), result.stderr
+    assert fragment in lines[0], lines[0]
+    assert 'Traceback' not in result.stderr and 'KeyError' not in result.stderr
+
+
+def _edit_summary(folder, edit):
+    path = folder / 'summary.json'
+    summary = json.loads(path.read_text())
+    edit(summary)
+    path.write_text(json.dumps(summary))
+    return path
+
+
+@pytest.mark.parametrize('edit, fragment', [
+    (lambda s: s['mean'].pop('HD95'), 'lacks mean.HD95'),
+    (lambda s: s['mean']['Dice']['T1ce'].pop('ET'), 'lacks mean.Dice.T1ce.ET'),
+    (lambda s: s['Avg']['HD95'].pop('WT'), 'lacks Avg.HD95.WT'),
+    (lambda s: s['mean']['Dice']['FLAIR'].update(WT='high'), "mean.Dice.FLAIR.WT is 'high', not a number"),
+    (lambda s: s['n_missing'].pop('FLAIR+T1ce'), 'lacks n_missing.FLAIR+T1ce'),
+    (lambda s: s.update(regions='WT'), 'regions is not a list of names'),
+])
+def test_an_incomplete_summary_is_named_before_anything_is_written(tmp_path, edit, fragment):
+    """A summary.json without mean.HD95 gave partial tables (comparison_dice.md written) and then a KeyError."""
+    a = benchmark(tmp_path / 'a', 'A', {(s, r): 0.5 for s in SUBSETS for r in REGIONS})
+    b = benchmark(tmp_path / 'b', 'B', {(s, r): 0.6 for s in SUBSETS for r in REGIONS})
+    path = _edit_summary(b, edit)
+    out = tmp_path / 'cmp'
+    _one_line(run('-i', a, b, '-o', out), f'{path}: {fragment}')
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == [], 'no temporary folder left'
+
+
+def test_a_non_empty_output_needs_overwrite_and_keeps_other_files(tmp_path):
+    a = benchmark(tmp_path / 'a', 'A', {(s, r): 0.5 for s in SUBSETS for r in REGIONS})
+    b = benchmark(tmp_path / 'b', 'B', {(s, r): 0.6 for s in SUBSETS for r in REGIONS})
+    out = tmp_path / 'cmp'
+    out.mkdir()
+    (out / 'comparison_dice.md').write_text('my earlier table')
+    (out / 'notes.txt').write_text('mine')
+    _one_line(run('-i', a, b, '-o', out), f'output folder {out} is not empty')
+    assert (out / 'comparison_dice.md').read_text() == 'my earlier table'
+    assert sorted(p.name for p in out.iterdir()) == ['comparison_dice.md', 'notes.txt']
+    result = run('-i', a, b, '-o', out, '--overwrite')
+    assert result.returncode == 0, result.stderr
+    assert '| WT | A | 50.00 |' in (out / 'comparison_dice.md').read_text()
+    assert (out / 'notes.txt').read_text() == 'mine'
+    assert {'comparison.json', 'comparison_hd95.tex', 'dice_vs_missing.png'} <= {p.name for p in out.iterdir()}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == [], 'no temporary folder left'
+    (tmp_path / 'file').write_text('x')
+    _one_line(run('-i', a, b, '-o', tmp_path / 'file', '--overwrite'), 'is a file, not a folder')
+
+
+def test_a_failure_while_writing_leaves_the_output_as_it_was(tmp_path, monkeypatch):
+    """Everything is written into a temporary sibling first: a failure on the last file leaves no partial -o."""
+    from nnunet_missingmod.evaluation import compare as compare_module
+    a = benchmark(tmp_path / 'a', 'A', {(s, r): 0.5 for s in SUBSETS for r in REGIONS})
+
+    def broken(*args, **kwargs):
+        raise OSError('disk full')
+    monkeypatch.setattr(compare_module, 'plot_comparison_curves', broken)
+    with pytest.raises(OSError, match='disk full'):
+        compare_module.compare([str(a)], str(tmp_path / 'cmp'))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a']
