@@ -23,7 +23,7 @@ def resolve_arch_kwargs(arch_kwargs: dict, requires_import: Sequence[str]) -> di
     return resolved
 
 
-#: no scaled stage is narrower than ``min(plans width, MIN_STAGE_WIDTH)`` channels (issue #18)
+#: no scaled stage is narrower than ``min(plans width, MIN_STAGE_WIDTH)`` channels
 MIN_STAGE_WIDTH = 8
 
 

@@ -22,9 +22,9 @@ temporary ``nnUNet_results``, never to the real one):
 * prediction: median wall time of :data:`PREDICTIONS` sliding-window predictions of one preprocessed case by
   nnU-Net's predictor (no mirroring), after one untimed prediction of the same case, which sets up the kernels for
   the prediction's shapes (cuDNN autotuning on a GPU, oneDNN primitives on a CPU) and, for a compiled network,
-  compiles its inference graph. On a CPU a case that fits in one window also depends, by up to 2x, on the state of
-  the C library's allocator (whether large buffers come from fresh pages or reused heap), which no repetition
-  within one process removes;
+  compiles its inference graph. On a CPU a case that fits in one window also depends on the state of the C
+  library's allocator (whether large buffers come from fresh pages or reused heap), which no repetition within one
+  process removes (how much: docs/results/2026-11-26-compute-cpu.md);
 * compiled: whether the trainer wrapped its network in ``torch.compile`` (nnU-Net does on a GPU unless
   ``nnUNet_compile`` says otherwise; this package's networks only when ``nnUNet_compile`` is true), since a compiled
   and an eager network are not compared like for like: set ``nnUNet_compile`` to measure all alike.
@@ -272,7 +272,8 @@ def busy_cpu_note(busy: float | None = None, cpus: int | None = None) -> str | N
     """A note when other work is running (:func:`busy_cpus` at least half the number of CPUs), else None.
 
     nnU-Net's CPU processes each run one torch thread per core, so a measurement beside another job oversubscribes
-    the CPU: waiting OpenMP threads spin, and wall *and* CPU times grow (by up to 100x, measured on 2 cores)."""
+    the CPU: waiting OpenMP threads spin, and wall *and* CPU times grow (how much:
+    docs/results/2026-11-26-compute-cpu.md)."""
     busy = busy_cpus() if busy is None else busy
     cpus = cpus or os.cpu_count() or 1
     if busy < 0.5 * cpus:

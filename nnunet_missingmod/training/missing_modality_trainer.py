@@ -113,12 +113,12 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         """nnU-Net's torch.compile rule, except that networks of the availability protocol are not compiled unless
         ``nnUNet_compile`` is set to true explicitly.
 
-        Their training forwards are one dynamo graph (the masks enter as tensor operations, ``tests/test_compile.py``)
-        except where a draw comes from the trainer's seeded NumPy generator (SMSN's fusion order, Hölder-MI's
-        random subsets: one graph break per draw); in eval mode the host check of the mask is one graph break.
-        Measured on the CPU (README, "Compute"): compiling a fusion network's training step took minutes and gave
-        steps no faster than eager, and nnU-Net never compiles on a CPU anyway; on a GPU the gain has not been
-        measured, so the default stays eager, said once in the training log.
+        Their training forwards are one dynamo graph (the masks enter as tensor operations,
+        ``tests/networks/test_compile.py``) except where a draw comes from the trainer's seeded NumPy generator
+        (SMSN's fusion order, Hölder-MI's random subsets: one graph break per draw); in eval mode the host check of
+        the mask is one graph break. The default stays eager, said once in the training log, until a measurement
+        shows a gain: nnU-Net never compiles on a CPU, where compiling gave no faster steps
+        (docs/results/2026-11-26-compute-cpu.md), and on a GPU the gain has not been measured (docs/compute.md).
         """
         if isinstance(self.bare_network, MissingModalityNetwork) and \
                 os.environ.get('nnUNet_compile', '').lower() not in ('true', '1', 't'):
