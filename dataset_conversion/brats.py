@@ -33,7 +33,10 @@ existing target needs ``--overwrite`` and is then replaced by rename.
 Command line::
 
     nnUNetv2_mm_convert_brats -i SRC -d ID [-n NAME] [--split NAME|PATH] [--overwrite] [--layout L] [-np N]
-    nnUNetv2_mm_convert_brats --to-source PRED_DIR OUT_DIR --layout brats2020|brats2023
+    nnUNetv2_mm_convert_brats --to-source PRED_DIR OUT_DIR --layout brats2020|brats2023 [--overwrite]
+
+``--to-source`` checks every prediction before it writes, needs ``--overwrite`` for a non-empty ``OUT_DIR`` (whose
+other files stay) and writes through a temporary sibling folder: all files or none.
 """
 from __future__ import annotations
 
@@ -217,9 +220,17 @@ def convert_brats(source, dataset_id: int, name: str | None = None, split=None, 
     return target
 
 
-def convert_predictions_to_source(pred_dir, out_dir, layout: str, progress: bool = True) -> list[Path]:
+def _source_name(f: Path) -> str:
+    return f.name if f.name.endswith('.nii.gz') else f.name + '.gz'
+
+
+def convert_predictions_to_source(pred_dir, out_dir, layout: str, progress: bool = True,
+                                  overwrite: bool = False) -> list[Path]:
     """Map every NIfTI prediction in ``pred_dir`` back to the source label convention into ``out_dir`` (same file
-    names). All files are checked before any is written."""
+    names, ``.nii`` as ``.nii.gz``). All files are checked before any is written; a non-empty ``out_dir`` needs
+    ``overwrite``. The files are written into a hidden temporary sibling folder first and moved into ``out_dir``
+    at the end (a new ``out_dir`` by one rename; in an existing one each file is replaced by rename and other files
+    stay), so a failed run leaves ``out_dir`` as it was."""
     import SimpleITK as sitk
     layout = canonical_layout(layout)
     pred_dir, out_dir = Path(pred_dir).resolve(), Path(out_dir).resolve()
@@ -227,21 +238,45 @@ def convert_predictions_to_source(pred_dir, out_dir, layout: str, progress: bool
         raise ConversionError(f'prediction folder {pred_dir} does not exist')
     if out_dir == pred_dir:
         raise ConversionError(f'output folder {out_dir} equals the prediction folder; choose another one')
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise ConversionError(f'output folder {out_dir} is a file, not a folder')
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        names = sorted(p.name for p in out_dir.iterdir())
+        raise ConversionError(f'output folder {out_dir} is not empty ({", ".join(names[:5])}'
+                              f'{" ..." if len(names) > 5 else ""}); use --overwrite to replace the same-named files '
+                              f'there, or choose an empty folder')
     files = sorted(p for p in pred_dir.iterdir() if p.is_file() and is_nifti(p.name))
     if not files:
         raise ConversionError(f'prediction folder {pred_dir} holds no NIfTI file')
+    by_name: dict[str, Path] = {}
+    for f in files:
+        if _source_name(f) in by_name:
+            raise ConversionError(f'{by_name[_source_name(f)]} and {f} would both be written as '
+                                  f'{out_dir / _source_name(f)}; keep one of them')
+        by_name[_source_name(f)] = f
     for f in tqdm(files, desc='checking predictions', disable=not progress):
         to_source_labels(sitk.GetArrayFromImage(read_image(f)), layout, str(f))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for f in tqdm(files, desc='writing', disable=not progress):
-        img = read_image(f)
-        out = sitk.GetImageFromArray(to_source_labels(sitk.GetArrayFromImage(img), layout, str(f)))
-        out.CopyInformation(img)
-        name = f.name if f.name.endswith('.nii.gz') else f.name + '.gz'
-        sitk.WriteImage(out, str(out_dir / name), useCompression=True)
-        written.append(out_dir / name)
-    return written
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f'.{out_dir.name}.tmp-{os.getpid()}')
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        for f in tqdm(files, desc='writing', disable=not progress):
+            img = read_image(f)
+            out = sitk.GetImageFromArray(to_source_labels(sitk.GetArrayFromImage(img), layout, str(f)))
+            out.CopyInformation(img)
+            sitk.WriteImage(out, str(tmp / _source_name(f)), useCompression=True)
+        if out_dir.is_dir():
+            for name in sorted(by_name):
+                os.replace(tmp / name, out_dir / name)
+            tmp.rmdir()
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out_dir / name for name in sorted(by_name)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -268,7 +303,8 @@ def _parser(prog: str, dataset_id: int | None = None, name: str | None = None,
                    'from where nnUNetv2_plan_and_preprocess copies it, and to $nnUNet_preprocessed/DatasetXXX_NAME); '
                    'test goes to imagesTs/labelsTs. Every source case must be listed; RFNet\'s HG_/LG_ name prefixes '
                    'are mapped to the case folders')
-    p.add_argument('--overwrite', action='store_true', help='replace an existing target data set')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing target data set; with '
+                   '--to-source, write into a non-empty OUT_DIR (its same-named files are replaced, others stay)')
     p.add_argument('--layout', default=layout, help='brats2020 (2018/2019/2021) or brats2023; for conversion the '
                    'default is auto-detection, --to-source needs it')
     p.add_argument('-np', '--num-processes', type=int, default=1, help='processes for checking the source')
@@ -290,7 +326,8 @@ def main(argv: Sequence[str] | None = None, prog: str = 'nnUNetv2_mm_convert_bra
             parser.error('--to-source needs --layout brats2020 or brats2023')
         if args.input or args.split:
             parser.error('--to-source takes no -i/--split')
-        result = convert_predictions_to_source(*args.to_source, args.layout, progress=not args.quiet)
+        result = convert_predictions_to_source(*args.to_source, args.layout, progress=not args.quiet,
+                                               overwrite=args.overwrite)
         print(f'wrote {len(result)} file(s) in the {canonical_layout(args.layout)} convention to '
               f'{args.to_source[1]}')
         return 0

@@ -330,3 +330,68 @@ def test_nested_hgg_lgg_folders_and_cli(src, env, tmp_path):
                             '-d', '218', '-n', 'BraTS2018', '--quiet'], capture_output=True, text=True, timeout=300,
                            env={**__import__('os').environ, 'nnUNet_raw': str(raw)})
     assert again.returncode == 1 and 'already exists; use --overwrite' in again.stderr
+
+
+# ------------------------------------------------------------------- --to-source: a used OUT_DIR, whole or nothing
+def _to_source(pred: Path, out: Path, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run(['nnUNetv2_mm_convert_brats', '--to-source', str(pred), str(out), '--layout', 'brats2020',
+                           '--quiet', *extra], capture_output=True, text=True, timeout=300)
+
+
+def _predictions(folder: Path, names=('c1.nii.gz', 'c2.nii.gz')) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 4, 4), i % 4, np.uint8)), str(folder / name))
+    return folder
+
+
+def test_to_source_refuses_a_non_empty_output_without_overwrite(tmp_path):
+    """--to-source replaced same-named files of OUT_DIR silently; now a non-empty OUT_DIR needs --overwrite, which
+    replaces the converted files and leaves the others alone."""
+    pred, out = _predictions(tmp_path / 'pred'), tmp_path / 'out'
+    out.mkdir()
+    (out / 'c1.nii.gz').write_bytes(b'my own segmentation')
+    (out / 'notes.txt').write_text('mine')
+    result = _to_source(pred, out)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('nnUNetv2_mm_convert_brats: error: '), result.stderr
+    assert f'output folder {out} is not empty' in lines[0] and '--overwrite' in lines[0], lines[0]
+    assert (out / 'c1.nii.gz').read_bytes() == b'my own segmentation'
+    assert sorted(p.name for p in out.iterdir()) == ['c1.nii.gz', 'notes.txt']
+    again = _to_source(pred, out, '--overwrite')
+    assert again.returncode == 0, again.stderr
+    assert read(out / 'c1.nii.gz').max() == 0 and read(out / 'c2.nii.gz').max() == 2  # nnU-Net 1 -> BraTS 2
+    assert (out / 'notes.txt').read_text() == 'mine'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out', 'pred'], 'no temporary folder left'
+
+
+def test_to_source_writes_all_files_or_none(tmp_path, monkeypatch):
+    pred = _predictions(tmp_path / 'pred', ('c1.nii.gz', 'c2.nii.gz', 'c3.nii.gz'))
+    real_write, calls = sitk.WriteImage, []
+
+    def failing_write(image, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            raise RuntimeError('disk full')
+        return real_write(image, path, *args, **kwargs)
+    monkeypatch.setattr(sitk, 'WriteImage', failing_write)
+    with pytest.raises(RuntimeError, match='disk full'):
+        brats.convert_predictions_to_source(pred, tmp_path / 'out', 'brats2020', progress=False)
+    assert len(calls) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ['pred'], 'nothing of the output left'
+    out = tmp_path / 'used'
+    out.mkdir()
+    (out / 'c1.nii.gz').write_bytes(b'earlier')
+    calls.clear()
+    with pytest.raises(RuntimeError, match='disk full'):
+        brats.convert_predictions_to_source(pred, out, 'brats2020', progress=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ['c1.nii.gz'] and (out / 'c1.nii.gz').read_bytes() == b'earlier'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['pred', 'used']
+
+
+def test_to_source_refuses_two_predictions_with_one_output_name(tmp_path):
+    """``x.nii`` and ``x.nii.gz`` would both be written as ``x.nii.gz``: refused before anything is written."""
+    pred = _predictions(tmp_path / 'pred', ('x.nii', 'x.nii.gz'))
+    result = _to_source(pred, tmp_path / 'out')
+    assert result.returncode == 1 and 'x.nii.gz' in result.stderr and 'both' in result.stderr, result.stderr
+    assert not (tmp_path / 'out').exists()
