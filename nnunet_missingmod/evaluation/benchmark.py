@@ -27,17 +27,24 @@ Outputs in ``-o``: ``per_case.csv``, ``summary.json``, ``table_dice.md/.tex``, `
 ``heatmap_dice.png``, ``dice_vs_missing.png`` (see :func:`nnunet_missingmod.evaluation.tables.write_reports`),
 with ``--lesionwise`` also ``table_lesiondice.md/.tex``, ``table_lesionhd95.md/.tex`` and ``table_lesionwise.md``
 and, with ``--save_predictions``, ``predictions/<subset>/<case><file_ending>``. A non-empty ``-o`` is refused
-unless ``--overwrite``, which first removes these outputs of an earlier run (other files are left alone). Every
-reference label map is read and its label values checked before the first prediction.
+unless ``--overwrite``. The outputs are written into a hidden folder next to ``-o`` and replace those of an earlier
+run only when the benchmark has finished (other files in ``-o`` are left alone); until then ``-o`` is unchanged but
+for ``per_case.partial.csv``, the rows of the cases done so far, appended case by case: an interrupted or failed run
+keeps what it measured there (:mod:`nnunet_missingmod.evaluation.benchmark_output`).
+
+Every input is checked before the first prediction (:func:`checked_jobs`): every reference label map (every voxel
+decoded, label values) and every image of every case (readable, every voxel finite, one shape and spacing per case,
+the reference's shape; a NIfTI file decoded again with nibabel, since nnU-Net's SimpleITK reader reads NaN/Inf as 0
+and zero-fills a truncated file) or, under ``--val --absence preprocessed``, every preprocessed case. All problems
+are reported on one line.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -51,9 +58,11 @@ from nnunet_missingmod.env import enable_ext_trainers
 from nnunet_missingmod.evaluation import lesionwise
 # the cases (sources, references), re-exported: ``from nnunet_missingmod.evaluation.benchmark import ...`` works
 from nnunet_missingmod.evaluation.benchmark_cases import (  # noqa: F401
-    ABSENCE_MODES, DEFAULT_ABSENCE, Case, SubsetInput, check_references, complete_cases, load_reference,
-    present_files_input, preprocessed_dataset_folder, raw_test_cases, scan_test_folder, validation_cases,
-    validation_keys)
+    ABSENCE_MODES, DEFAULT_ABSENCE, Case, SubsetInput, check_case_files, check_preprocessed_cases, check_references,
+    complete_cases, load_reference, present_files_input, preprocessed_dataset_folder, raw_test_cases,
+    scan_test_folder, validation_cases, validation_keys)
+from nnunet_missingmod.evaluation.benchmark_output import (PARTIAL_CSV, PartialRows, check_output_folder,
+                                                           staged_outputs)
 from nnunet_missingmod.evaluation.metrics import (HD95_EMPTY_CHOICES, HD95_PENALTY_MM, all_labels_of,
                                                   empty_hd95_value, evaluate_case)
 from nnunet_missingmod.evaluation.tables import write_reports
@@ -61,29 +70,10 @@ from nnunet_missingmod.inference.predict import MissingModalityPredictor, add_nn
 from nnunet_missingmod.modalities import (MODALITY_ORDERS, all_subsets, channel_order, modality_names,
                                           parse_subset, subset_name, subset_to_mask)
 from nnunet_missingmod.regions import dataset_regions
-#: what the benchmark writes into ``-o`` (``--overwrite`` removes exactly these)
+#: what the benchmark writes into ``-o`` (``--overwrite`` replaces exactly these, at the end)
 OUTPUT_NAMES = ('per_case.csv', 'summary.json', 'table_dice.md', 'table_dice.tex', 'table_hd95.md', 'table_hd95.tex',
                 'table_lesiondice.md', 'table_lesiondice.tex', 'table_lesionhd95.md', 'table_lesionhd95.tex',
-                'table_lesionwise.md', 'heatmap_dice.png', 'dice_vs_missing.png', 'predictions')
-
-
-def prepare_output_folder(folder: str, overwrite: bool) -> None:
-    """Refuse a non-empty ``folder`` (:class:`CommandError`) unless ``overwrite``, which removes the outputs of an
-    earlier benchmark there (:data:`OUTPUT_NAMES`; other files stay)."""
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise CommandError(f"-o {folder} is a file, not a folder")
-    if not os.path.isdir(folder) or not os.listdir(folder):
-        return
-    if not overwrite:
-        raise CommandError(f"output folder {folder} is not empty ({', '.join(sorted(os.listdir(folder))[:5])}"
-                           f"{' ...' if len(os.listdir(folder)) > 5 else ''}); use --overwrite to replace an earlier "
-                           f"benchmark there, or choose an empty folder")
-    for name in OUTPUT_NAMES:
-        path = os.path.join(folder, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.remove(path)
+                'table_lesionwise.md', 'heatmap_dice.png', 'dice_vs_missing.png', 'predictions', PARTIAL_CSV)
 
 
 def benchmark_subsets(names: Sequence[str], order: str = 'paper', restrict: Sequence[str] | None = None
@@ -134,11 +124,13 @@ class BenchmarkSettings:
             raise ValueError(f"et_mode must be 'remove' or 'relabel', got {self.et_mode!r}")
 
 
-def run_benchmark(predictors_and_cases, settings: BenchmarkSettings) -> List[dict]:
+def run_benchmark(predictors_and_cases, settings: BenchmarkSettings,
+                  on_case: Callable[[List[dict]], None] | None = None) -> List[dict]:
     """Rows ``{case, subset, n_missing, region, Dice, HD95}`` of every case under every subset of ``settings``,
     with ``settings.lesion_wise`` also ``LesionDice`` and ``LesionHD95``.
 
-    ``predictors_and_cases``: iterable of ``(predictor, iterator of cases, number of cases)``.
+    ``predictors_and_cases``: iterable of ``(predictor, iterator of cases, number of cases)``; ``on_case`` is
+    called with the rows of each case as soon as the case is done (e.g. :class:`PartialRows.append`).
     """
     rows: List[dict] = []
     evaluator = lesionwise.lesion_evaluator() if settings.lesion_wise else None
@@ -149,6 +141,7 @@ def run_benchmark(predictors_and_cases, settings: BenchmarkSettings) -> List[dic
         for predictor, cases, _ in predictors_and_cases:
             reader_writer = predictor.plans_manager.image_reader_writer_class()
             for case, subset_input, reference_file in cases:
+                first = len(rows)
                 reference, spacing = load_reference(reader_writer, reference_file, allowed)
                 for name, subset in settings.subsets:
                     bar.set_postfix_str(f'{case} {name}')
@@ -173,6 +166,8 @@ def run_benchmark(predictors_and_cases, settings: BenchmarkSettings) -> List[dic
                         rows.append({'case': case, 'subset': name, 'n_missing': m - len(subset), 'region': region,
                                      **values})
                     bar.update()
+                if on_case is not None:
+                    on_case(rows[first:])
     return rows
 
 
@@ -184,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('-o', type=str, required=True, help='output folder of the reports (empty or new, or see '
                                                             '--overwrite)')
     parser.add_argument('--overwrite', action='store_true',
-                        help='-o may hold an earlier benchmark: its reports and predictions/ are removed first')
+                        help='-o may hold an earlier benchmark: its reports and predictions/ are replaced when this '
+                             'one has finished')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('-i', type=str, help='test images in nnU-Net raw layout (needs -l)')
     source.add_argument('--val', action='store_true',
@@ -244,8 +240,7 @@ def main(argv=None) -> int:
         raise CommandError(f"label folder {args.l} does not exist")
     if args.val and 'all' in args.f:
         parser.error("--val needs cross-validation folds; fold 'all' has no validation cases")
-    if not args.overwrite:
-        prepare_output_folder(args.o, False)  # a non-empty -o is refused before the model is loaded
+    check_output_folder(args.o, args.overwrite)  # a non-empty -o is refused before the model is loaded
 
     if args.val:
         predictors = [make_predictor(args, [f]) for f in args.f]
@@ -260,54 +255,78 @@ def main(argv=None) -> int:
     if not subsets:
         parser.error(f"--subsets {args.subsets} selects no subset")
     regions = dataset_regions(dataset_json)
+    jobs = checked_jobs(args, predictors, all_labels_of(regions))
 
+    partial = PartialRows(os.path.join(args.o, PARTIAL_CSV), args.lesionwise)
+    try:
+        with staged_outputs(args.o, OUTPUT_NAMES, 'benchmark') as staging:
+            settings = BenchmarkSettings(subsets, regions, len(names), hd95_empty, args.et_postprocess,
+                                         args.et_postprocess_mode,
+                                         os.path.join(staging, 'predictions') if args.save_predictions else None,
+                                         progress=not args.disable_progress_bar, lesion_wise=args.lesionwise)
+            rows = run_benchmark(jobs, settings, on_case=partial.append)
+            write_reports(rows, [n for n, _ in subsets], {n: len(names) - len(s) for n, s in subsets},
+                          [r for r, _ in regions], staging, **report_header(args, names, regions))
+    except BaseException:
+        if partial.cases:
+            print(f"nnUNetv2_mm_benchmark: stopped after {partial.cases} of {sum(n for _, _, n in jobs)} cases; "
+                  f"their {partial.rows} rows are in {partial.path} (the other files in {args.o} are unchanged)",
+                  file=sys.stderr, flush=True)
+        raise
+    print(open(os.path.join(args.o, 'table_dice.md')).read())
+    print(f"reports written to {args.o} ({len(rows)} rows, "
+          f"{len({r['case'] for r in rows})} cases x {len(subsets)} subsets)")
+    return 0
+
+
+def checked_jobs(args, predictors: Sequence[MissingModalityPredictor], allowed_labels: Sequence[int]) -> list:
+    """``[(predictor, cases, number of cases), ...]`` of the command line, every input checked before the first
+    prediction: the cases complete, every reference label map (:func:`check_references`) and every image of every
+    case (:func:`check_case_files`: readable, every voxel finite, one geometry per case, the reference's shape) or,
+    under ``--val --absence preprocessed``, every preprocessed case (:func:`check_preprocessed_cases`)."""
+    dataset_json = predictors[0].dataset_json
     ending = dataset_json['file_ending']
+    reader_writer = predictors[0].plans_manager.image_reader_writer_class()
+    progress = not args.disable_progress_bar
     if args.val:
         folder = preprocessed_dataset_folder(dataset_name(args.d))
         keys = [validation_keys(folder, int(f)) for f in args.f]
-        references = [os.path.join(folder, 'gt_segmentations', k + ending) for ks in keys for k in ks]
+        every_key = [k for ks in keys for k in ks]
+        references = {k: os.path.join(folder, 'gt_segmentations', k + ending) for k in every_key}
         raw_images = None
         if args.absence == 'raw':
             if nnUNet_raw is None:
                 raise CommandError("--val --absence raw reads the raw images of the validation cases: set nnUNet_raw "
                                    "(or use --absence preprocessed)")
             raw_images = os.path.join(nnUNet_raw, dataset_name(args.d), 'imagesTr')
-            complete_cases(raw_images, dataset_json, [k for ks in keys for k in ks])
-        jobs = [(p, validation_cases(p, folder, int(f), k, raw_images), len(k))
+            cases = complete_cases(raw_images, dataset_json, every_key)
+        shapes = check_references(predictors[0], list(references.values()), allowed_labels)
+        if raw_images is None:
+            check_preprocessed_cases(predictors[0], folder, every_key, progress)
+        else:
+            check_case_files(cases, reader_writer, references, shapes, progress)
+        return [(p, validation_cases(p, folder, int(f), k, raw_images, voxels_checked=True), len(k))
                 for p, f, k in zip(predictors, args.f, keys)]
-    else:
-        cases = scan_test_folder(args.i, args.l, dataset_json)
-        references = [os.path.join(args.l, case + ending) for case in sorted(cases)]
-        jobs = [(predictors[0], raw_test_cases(predictors[0], args.i, args.l, args.absence), len(cases))]
-    # bad references (absent, unreadable, unexpected label values) are refused before the first prediction
-    check_references(predictors[0], references, all_labels_of(regions))
+    cases = scan_test_folder(args.i, args.l, dataset_json)
+    references = {case: os.path.join(args.l, case + ending) for case in sorted(cases)}
+    shapes = check_references(predictors[0], list(references.values()), allowed_labels)
+    check_case_files(cases, reader_writer, references, shapes, progress)
+    return [(predictors[0], raw_test_cases(predictors[0], args.i, args.l, args.absence, voxels_checked=True),
+             len(cases))]
 
-    prepare_output_folder(args.o, args.overwrite)
-    os.makedirs(args.o, exist_ok=True)
-    settings = BenchmarkSettings(subsets, regions, len(names), hd95_empty, args.et_postprocess,
-                                 args.et_postprocess_mode,
-                                 os.path.join(args.o, 'predictions') if args.save_predictions else None,
-                                 progress=not args.disable_progress_bar, lesion_wise=args.lesionwise)
-    rows = run_benchmark(jobs, settings)
-    subset_names = [n for n, _ in subsets]
-    n_missing = {n: len(names) - len(s) for n, s in subsets}
-    write_reports(rows, subset_names, n_missing, [r for r, _ in regions], args.o,
-                            model={'dataset': dataset_name(args.d), 'configuration': args.c,
-                                   'trainer': args.tr, 'plans': args.p, 'folds': [str(f) for f in args.f],
-                                   'checkpoint': args.chk, 'tta': not args.disable_tta},
-                            evaluation={'source': 'val' if args.val else os.path.abspath(args.i),
-                                        'absence': args.absence, 'lesionwise': args.lesionwise,
-                                        'lesionwise_hd95_penalty_mm': (lesionwise.LESIONWISE_HD95_PENALTY_MM
-                                                                       if args.lesionwise else None),
-                                        'order': args.order, 'hd95_empty': args.hd95_empty,
-                                        'et_postprocess_min_voxels': args.et_postprocess,
-                                        'et_postprocess_mode': args.et_postprocess_mode,
-                                        'modalities': names,
-                                        'regions': {r: list(v) for r, v in regions}})
-    print(open(os.path.join(args.o, 'table_dice.md')).read())
-    print(f"reports written to {args.o} ({len(rows)} rows, "
-          f"{len({r['case'] for r in rows})} cases x {len(subsets)} subsets)")
-    return 0
+
+def report_header(args, names: Sequence[str], regions) -> dict:
+    """The ``model`` and ``evaluation`` entries of ``summary.json``."""
+    return {'model': {'dataset': dataset_name(args.d), 'configuration': args.c, 'trainer': args.tr, 'plans': args.p,
+                      'folds': [str(f) for f in args.f], 'checkpoint': args.chk, 'tta': not args.disable_tta},
+            'evaluation': {'source': 'val' if args.val else os.path.abspath(args.i), 'absence': args.absence,
+                           'lesionwise': args.lesionwise,
+                           'lesionwise_hd95_penalty_mm': (lesionwise.LESIONWISE_HD95_PENALTY_MM
+                                                          if args.lesionwise else None),
+                           'order': args.order, 'hd95_empty': args.hd95_empty,
+                           'et_postprocess_min_voxels': args.et_postprocess,
+                           'et_postprocess_mode': args.et_postprocess_mode, 'modalities': list(names),
+                           'regions': {r: list(v) for r, v in regions}}}
 
 
 if __name__ == '__main__':

@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
+from tqdm import tqdm
 
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-from nnunet_missingmod.inference.predict import MissingModalityPredictor, prepare_case_files, scan_input_folder
+from nnunet_missingmod.dataset_conversion.brats_checks import check_voxels, is_nifti
+from nnunet_missingmod.dataset_conversion.errors import ConversionError
+from nnunet_missingmod.inference.predict import (MissingModalityPredictor, check_case_images, prepare_case_files,
+                                                 scan_input_folder)
 from nnunet_missingmod.modalities import modality_names
 
 #: the preprocessed data and properties of a case under a subset (channel indices of the present modalities)
@@ -36,11 +41,72 @@ DEFAULT_ABSENCE = 'preprocessed'
 
 
 def check_references(predictor: MissingModalityPredictor, files: Sequence[str], allowed_labels: Sequence[int]
-                     ) -> None:
-    """Read every reference label map and check its label values, before anything is predicted."""
+                     ) -> Dict[str, Tuple[int, ...]]:
+    """Read every reference label map and check it (every voxel decoded, label values), before anything is
+    predicted; returns ``{file: shape}``."""
     reader_writer = predictor.plans_manager.image_reader_writer_class()
+    shapes = {}
     for path in files:
-        load_reference(reader_writer, path, allowed_labels)
+        if is_nifti(path) and os.path.isfile(path):
+            try:
+                check_voxels(Path(path), f'reference segmentation {path}')
+            except ConversionError as e:
+                raise ValueError(str(e)) from e
+        shapes[path] = tuple(load_reference(reader_writer, path, allowed_labels)[0].shape)
+    return shapes
+
+
+def check_case_files(cases: Dict[str, Dict[int, str]], reader_writer, references: Dict[str, str] | None = None,
+                     reference_shapes: Dict[str, Tuple[int, ...]] | None = None, progress: bool = False) -> None:
+    """Every image of every case (``{case: {channel: path}}``) read and checked before the first prediction:
+    readable, every voxel finite, one shape and spacing per case
+    (:func:`~nnunet_missingmod.inference.predict.check_case_images`) and, given ``references`` (``{case: file}``)
+    and their ``reference_shapes``, the reference's shape. All problems in one ValueError naming the files."""
+    problems = []
+    for case in tqdm(sorted(cases), desc='checking images', disable=not progress):
+        try:
+            _, (shape, _, first) = check_case_images(case, cases[case], reader_writer)
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        reference = (references or {}).get(case)
+        if reference in (reference_shapes or {}) and tuple(reference_shapes[reference]) != tuple(shape):
+            problems.append(f"case {case}: reference {reference} has shape {tuple(reference_shapes[reference])}, "
+                            f"{first} has {tuple(shape)}")
+    if problems:
+        raise ValueError(join_problems(problems))
+
+
+def check_preprocessed_cases(predictor: MissingModalityPredictor, folder: str, keys: Sequence[str],
+                             progress: bool = False) -> None:
+    """``--val --absence preprocessed``: the preprocessed data of every case ``keys`` in ``folder`` (the data set's
+    nnU-Net preprocessed folder) loaded and checked for NaN/Inf before the first prediction; one ValueError."""
+    data_folder = os.path.join(folder, predictor.configuration_manager.data_identifier)
+    if not os.path.isdir(data_folder):
+        raise FileNotFoundError(f"{data_folder} does not exist: --val predicts nnU-Net's preprocessed data "
+                                f"(run nnUNetv2_plan_and_preprocess)")
+    ds = infer_dataset_class(data_folder)(data_folder, list(keys))
+    problems = []
+    for key in tqdm(keys, desc='checking preprocessed data', disable=not progress):
+        try:
+            data = np.asarray(ds.load_case(key)[0][:])
+        except Exception as e:  # noqa: BLE001 - an unreadable case is bad input, named
+            problems.append(f"case {key}: cannot load its preprocessed data in {data_folder} ({type(e).__name__}: "
+                            f"{' '.join(str(e).split()) or 'no detail'})")
+            continue
+        if not np.isfinite(data).all():
+            problems.append(f"case {key}: {int((~np.isfinite(data)).sum())} NaN/Inf value(s) in its preprocessed "
+                            f"data in {data_folder}")
+    if problems:
+        raise ValueError(join_problems(problems))
+
+
+def join_problems(problems: Sequence[str], limit: int = 10) -> str:
+    """Problems on one line: the only one, or ``N problems: first; second; ... and K more``."""
+    if len(problems) == 1:
+        return problems[0]
+    more = f'; ... and {len(problems) - limit} more' if len(problems) > limit else ''
+    return f'{len(problems)} problems: ' + '; '.join(problems[:limit]) + more
 
 
 def load_reference(reader_writer, path: str, allowed_labels: Sequence[int]) -> Tuple[np.ndarray, List[float]]:
@@ -86,10 +152,12 @@ def _same_for_every_subset(data: torch.Tensor, properties: dict) -> SubsetInput:
     return lambda subset: (data, properties)
 
 
-def present_files_input(predictor: MissingModalityPredictor, case: str, files: Dict[int, str]) -> SubsetInput:
+def present_files_input(predictor: MissingModalityPredictor, case: str, files: Dict[int, str],
+                        voxels_checked: bool = False) -> SubsetInput:
     """``--absence raw``: under a subset, ``case`` preprocessed from the files of the present modalities only, as
     ``nnUNetv2_mm_predict`` sees a case whose other files are absent (its :func:`prepare_case_files` zero-fills
-    them in the geometry of a present modality, then nnU-Net's preprocessor runs on the files)."""
+    them in the geometry of a present modality, then nnU-Net's preprocessor runs on the files). ``voxels_checked``:
+    the files went through :func:`check_case_files` already (they are not decoded again for every subset)."""
     dataset_json = predictor.dataset_json
     names, ending = modality_names(dataset_json), dataset_json['file_ending']
     reader_writer = predictor.plans_manager.image_reader_writer_class()
@@ -98,7 +166,8 @@ def present_files_input(predictor: MissingModalityPredictor, case: str, files: D
     def subset_input(subset: Tuple[int, ...]) -> Tuple[torch.Tensor, dict]:
         present = {c: f for c, f in files.items() if c in subset}
         with tempfile.TemporaryDirectory(prefix='mm_benchmark_absent_') as zero_folder:
-            paths, _ = prepare_case_files(case, present, names, [], reader_writer, ending, zero_folder)
+            paths, _ = prepare_case_files(case, present, names, [], reader_writer, ending, zero_folder,
+                                          decode_voxels=not voxels_checked)
             data, _, properties = preprocessor.run_case(paths, None, predictor.plans_manager,
                                                         predictor.configuration_manager, dataset_json)
         return _tensor(data), properties
@@ -106,17 +175,19 @@ def present_files_input(predictor: MissingModalityPredictor, case: str, files: D
 
 
 def validation_cases(predictor: MissingModalityPredictor, folder: str, fold: int,
-                     keys: Sequence[str] | None = None, raw_images: str | None = None) -> Iterator[Case]:
+                     keys: Sequence[str] | None = None, raw_images: str | None = None,
+                     voxels_checked: bool = False) -> Iterator[Case]:
     """The validation cases of ``fold`` (``folder/splits_final.json``; ``folder`` is the data set's nnU-Net
     preprocessed folder) and their reference files (``folder/gt_segmentations``); ``keys`` restricts. The input is
     nnU-Net's preprocessed data (``--absence preprocessed``) or, with ``raw_images`` (the data set's raw
-    ``imagesTr``), the present files of each subset (``--absence raw``)."""
+    ``imagesTr``), the present files of each subset (``--absence raw``; ``voxels_checked``: see
+    :func:`present_files_input`)."""
     keys = validation_keys(folder, fold) if keys is None else list(keys)
     ending = predictor.dataset_json['file_ending']
     if raw_images is not None:
         files = complete_cases(raw_images, predictor.dataset_json, keys)
         for key in keys:
-            yield key, present_files_input(predictor, key, files[key]), \
+            yield key, present_files_input(predictor, key, files[key], voxels_checked), \
                 os.path.join(folder, 'gt_segmentations', key + ending)
         return
     data_folder = os.path.join(folder, predictor.configuration_manager.data_identifier)
@@ -128,9 +199,10 @@ def validation_cases(predictor: MissingModalityPredictor, folder: str, fold: int
 
 
 def raw_test_cases(predictor: MissingModalityPredictor, images: str, labels: str,
-                   absence: str = DEFAULT_ABSENCE) -> Iterator[Case]:
+                   absence: str = DEFAULT_ABSENCE, voxels_checked: bool = False) -> Iterator[Case]:
     """Cases of a raw test folder (all modality files required): preprocessed once per subset from the present
-    files (``absence='raw'``) or once with all files (``'preprocessed'``)."""
+    files (``absence='raw'``; ``voxels_checked``: see :func:`present_files_input`) or once with all files
+    (``'preprocessed'``)."""
     if absence not in ABSENCE_MODES:
         raise ValueError(f"unknown absence mode {absence!r}; use one of {ABSENCE_MODES}")
     dataset_json = predictor.dataset_json
@@ -139,7 +211,7 @@ def raw_test_cases(predictor: MissingModalityPredictor, images: str, labels: str
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     for case in sorted(cases):
         if absence == 'raw':
-            subset_input = present_files_input(predictor, case, cases[case])
+            subset_input = present_files_input(predictor, case, cases[case], voxels_checked)
         else:
             files = [cases[case][c] for c in sorted(cases[case])]
             data, _, properties = preprocessor.run_case(files, None, predictor.plans_manager,

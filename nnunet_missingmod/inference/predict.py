@@ -146,20 +146,21 @@ def scan_input_folder(folder: str, file_ending: str, num_modalities: int) -> Dic
     return cases
 
 
-def read_checked_image(case: str, path: str, reader_writer) -> tuple[np.ndarray, dict]:
+def read_checked_image(case: str, path: str, reader_writer, decode_voxels: bool = True) -> tuple[np.ndarray, dict]:
     """The reader's ``(1, *spatial)`` image and properties of one modality file, every voxel checked.
 
     ValueError ``case CASE: FILE: ...`` when the file cannot be read, is truncated or corrupt, or has NaN/Inf voxels.
     nnU-Net's SimpleITK reader turns NaN/Inf of a NIfTI file into 0 and zero-fills a truncated ``.nii.gz``, so a
     NIfTI file is also decoded with nibabel, by the converter's
-    :func:`~nnunet_missingmod.dataset_conversion.brats_checks.check_voxels`.
+    :func:`~nnunet_missingmod.dataset_conversion.brats_checks.check_voxels` (``decode_voxels=False``: not, for
+    files checked so already).
     """
     try:
         image, properties = reader_writer.read_images([path])
     except Exception as e:  # noqa: BLE001 - any reader failure is bad input, named
         raise ValueError(f"case {case}: cannot read {path} ({type(e).__name__}: "
                          f"{' '.join(str(e).split()) or 'no detail'})") from e
-    if is_nifti(path):
+    if decode_voxels and is_nifti(path):
         try:
             check_voxels(Path(path), f'case {case}: {path}')
         except ConversionError as e:
@@ -169,7 +170,8 @@ def read_checked_image(case: str, path: str, reader_writer) -> tuple[np.ndarray,
     return image, properties
 
 
-def check_case_images(case: str, files: Dict[int, str], reader_writer) -> tuple[Dict[int, bool], tuple | None]:
+def check_case_images(case: str, files: Dict[int, str], reader_writer, decode_voxels: bool = True
+                      ) -> tuple[Dict[int, bool], tuple | None]:
     """Read and check every file of a case (``{channel: path}``): readable, every voxel finite
     (:func:`read_checked_image`) and one geometry, i.e. the shape and spacing of the first file.
 
@@ -178,31 +180,33 @@ def check_case_images(case: str, files: Dict[int, str], reader_writer) -> tuple[
     """
     nonzero, geometry = {}, None
     for c in sorted(files):
-        image, properties = read_checked_image(case, files[c], reader_writer)
+        image, properties = read_checked_image(case, files[c], reader_writer, decode_voxels)
         nonzero[c] = bool(np.any(image))
         if geometry is None:
             geometry = (image.shape[1:], properties, files[c])
             continue
         shape, first, first_file = geometry
         if image.shape[1:] != shape:
-            raise ValueError(f"case {case}: {files[c]} has shape {tuple(image.shape[1:])}, {first_file} "
-                             f"has {tuple(shape)}; the modalities of a case must have one geometry")
+            raise ValueError(f"case {case}: {files[c]} has shape {tuple(map(int, image.shape[1:]))}, {first_file} "
+                             f"has {tuple(map(int, shape))}; the modalities of a case must have one geometry")
         if not np.allclose(properties['spacing'], first['spacing'], rtol=0, atol=1e-4):
-            raise ValueError(f"case {case}: {files[c]} has spacing {tuple(properties['spacing'])}, "
-                             f"{first_file} has {tuple(first['spacing'])}; the modalities of a case must "
-                             f"have one geometry")
+            raise ValueError(f"case {case}: {files[c]} has spacing {tuple(map(float, properties['spacing']))}, "
+                             f"{first_file} has {tuple(map(float, first['spacing']))}; the modalities of a case "
+                             f"must have one geometry")
     return nonzero, geometry
 
 
 def prepare_case_files(case: str, files: Dict[int, str], names: Sequence[str], dropped: Sequence[int],
-                       reader_writer, file_ending: str, zero_folder: str) -> tuple[List[str], dict]:
+                       reader_writer, file_ending: str, zero_folder: str, decode_voxels: bool = True
+                       ) -> tuple[List[str], dict]:
     """One file per channel for a case, zero-filled images written into ``zero_folder`` for missing ones.
 
-    The present files are checked first (:func:`check_case_images`). Returns ``(file list in channel order,
-    report)``; raises ValueError naming the case (and the file) for a bad file or when no modality is left.
+    The present files are checked first (:func:`check_case_images`, ``decode_voxels`` passed on). Returns
+    ``(file list in channel order, report)``; raises ValueError naming the case (and the file) for a bad file or
+    when no modality is left.
     """
     present = {c: f for c, f in files.items() if c < len(names) and c not in dropped}
-    nonzero, geometry = check_case_images(case, present, reader_writer)
+    nonzero, geometry = check_case_images(case, present, reader_writer, decode_voxels)
     used, zero, reasons = [], [], {}
     for c in range(len(names)):
         if c not in files:
