@@ -300,7 +300,7 @@ def checked_jobs(args, predictors: Sequence[MissingModalityPredictor], allowed_l
                                    "(or use --absence preprocessed)")
             raw_images = os.path.join(nnUNet_raw, dataset_name(args.d), 'imagesTr')
             cases = complete_cases(raw_images, dataset_json, every_key)
-        shapes = check_references(predictors[0], list(references.values()), allowed_labels)
+        shapes = check_references(reader_writer, list(references.values()), allowed_labels)
         if raw_images is None:
             check_preprocessed_cases(predictors[0], folder, every_key, progress)
         else:
@@ -309,7 +309,7 @@ def checked_jobs(args, predictors: Sequence[MissingModalityPredictor], allowed_l
                 for p, f, k in zip(predictors, args.f, keys)]
     cases = scan_test_folder(args.i, args.l, dataset_json)
     references = {case: os.path.join(args.l, case + ending) for case in sorted(cases)}
-    shapes = check_references(predictors[0], list(references.values()), allowed_labels)
+    shapes = check_references(reader_writer, list(references.values()), allowed_labels)
     check_case_files(cases, reader_writer, references, shapes, progress)
     return [(predictors[0], raw_test_cases(predictors[0], args.i, args.l, args.absence, voxels_checked=True),
              len(cases))]

@@ -40,11 +40,9 @@ ABSENCE_MODES = ('raw', 'preprocessed')
 DEFAULT_ABSENCE = 'preprocessed'
 
 
-def check_references(predictor: MissingModalityPredictor, files: Sequence[str], allowed_labels: Sequence[int]
-                     ) -> Dict[str, Tuple[int, ...]]:
-    """Read every reference label map and check it (every voxel decoded, label values), before anything is
-    predicted; returns ``{file: shape}``."""
-    reader_writer = predictor.plans_manager.image_reader_writer_class()
+def check_references(reader_writer, files: Sequence[str], allowed_labels: Sequence[int]) -> Dict[str, Tuple[int, ...]]:
+    """Read every reference label map with nnU-Net's ``reader_writer`` and check it (every voxel decoded, label
+    values), before anything is predicted; returns ``{file: shape}``."""
     shapes = {}
     for path in files:
         if is_nifti(path) and os.path.isfile(path):

@@ -9,7 +9,12 @@ model and settings:
 * ``predict_s``: the sum over subsets of ``nnUNetv2_predict`` on the zero-filled copies (prediction only; writing
   the copies is not timed and the metrics would come on top).
 
-Both run as console commands in subprocesses, start-up included, as a user would run them. Writes ``cost.json``.
+Both run as console commands in subprocesses, start-up included, as a user would run them. Before anything runs,
+every input is checked as ``nnUNetv2_mm_benchmark`` checks it (every voxel of every image and reference label map,
+one geometry per case). A non-empty ``-o`` is refused unless ``--overwrite``. Everything is written into a new
+hidden folder next to ``-o`` (so no zero-filled copy of an earlier run is ever timed again) and replaces this
+command's outputs in ``-o`` when it has finished: ``cost.json``, ``benchmark/`` (the benchmark's reports),
+``inputs/<subset>/`` (the zero-filled copies) and ``predictions/<subset>/``; other files in ``-o`` stay.
 """
 from __future__ import annotations
 
@@ -25,9 +30,9 @@ from tqdm import tqdm
 from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
 
 
-def zero_filled_copy(cases: dict, subset, dataset_json: dict, output: str) -> None:
+def zero_filled_copy(cases: dict, subset, dataset_json: dict, output: str, decode_voxels: bool = True) -> None:
     """The cases (``scan_input_folder``'s ``{case: {channel: path}}``) with the modalities outside ``subset``
-    (channel indices) replaced by zero images."""
+    (channel indices) replaced by zero images (``decode_voxels=False``: the files were checked already)."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     from nnunet_missingmod.inference.predict import prepare_case_files
@@ -37,7 +42,7 @@ def zero_filled_copy(cases: dict, subset, dataset_json: dict, output: str) -> No
     os.makedirs(output, exist_ok=True)
     dropped = [c for c in range(len(names)) if c not in subset]
     for case, files in cases.items():
-        paths, _ = prepare_case_files(case, files, names, dropped, reader_writer, ending, output)
+        paths, _ = prepare_case_files(case, files, names, dropped, reader_writer, ending, output, decode_voxels)
         for channel, path in enumerate(paths):
             target = os.path.join(output, f'{case}_{channel:04d}{ending}')
             if os.path.abspath(path) != os.path.abspath(target):
@@ -56,6 +61,8 @@ def _timed(cmd: list) -> float:
 
 #: the model / runtime flags both timed commands take (nnUNetv2_predict's own ones)
 MODEL_FLAGS = ('-d', '-p', '-tr', '-c', '-f', '-chk', '-step_size', '--disable_tta', '-device')
+#: what this command writes into ``-o`` (``--overwrite`` replaces exactly these, at the end)
+OUTPUT_NAMES = ('cost.json', 'benchmark', 'inputs', 'predictions')
 
 
 @command('nnUNetv2_mm_benchmark_cost')
@@ -65,7 +72,11 @@ def main(argv=None) -> int:
     add_nnunet_predict_arguments(parser, only=MODEL_FLAGS)
     parser.add_argument('-i', required=True, help='test images (nnU-Net raw layout, every modality present)')
     parser.add_argument('-l', required=True, help='reference label maps of -i')
-    parser.add_argument('-o', required=True, help='work folder; cost.json is written here')
+    parser.add_argument('-o', required=True, help='output folder (empty or new, or see --overwrite); cost.json, '
+                                                  'benchmark/, inputs/ and predictions/ are written here')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='-o may hold an earlier run of this command: its outputs are replaced when this one has '
+                             'finished')
     parser.add_argument('--subsets', nargs='+', default=None, help='only these subsets (default: all)')
     args = parser.parse_args(argv)
     check_device(args.device)
@@ -74,10 +85,12 @@ def main(argv=None) -> int:
 
     from nnunet_missingmod.env import enable_ext_trainers
     from nnunet_missingmod.evaluation.benchmark import benchmark_subsets
+    from nnunet_missingmod.evaluation.benchmark_output import check_output_folder, staged_outputs
     from nnunet_missingmod.inference.predict import check_model, scan_input_folder
     from nnunet_missingmod.modalities import modality_names
 
     enable_ext_trainers()  # nnUNetv2_predict must find our trainers
+    check_output_folder(args.o, args.overwrite, 'an earlier run of nnUNetv2_mm_benchmark_cost')
 
     dataset_json_file = os.path.join(nnUNet_raw or '', dataset_name(args.d), 'dataset.json')
     if not os.path.isfile(dataset_json_file):
@@ -96,31 +109,51 @@ def main(argv=None) -> int:
     if incomplete:
         raise CommandError(f"{args.i}: every modality must be present for the comparison; missing channels "
                            f"{incomplete}")
-    check_model(args.d, args.tr, args.p, args.c, args.f, args.chk)
+    model_folder = check_model(args.d, args.tr, args.p, args.c, args.f, args.chk)
+    check_inputs(model_folder, dataset_json, cases, args.i, args.l)
     model = ['-d', args.d, '-c', args.c, '-tr', args.tr, '-p', args.p, '-f', *map(str, args.f), '-chk', args.chk,
              '-step_size', str(args.step_size), '-device', args.device,
              *(['--disable_tta'] if args.disable_tta else [])]
-    work = os.path.abspath(args.o)
-    os.makedirs(work, exist_ok=True)
 
-    print(f"nnUNetv2_mm_benchmark over {len(subsets)} subsets ...", flush=True)
-    benchmark_s = _timed(['nnUNetv2_mm_benchmark', *model, '-i', args.i, '-l', args.l, '-o',
-                          os.path.join(work, 'benchmark'), '--overwrite', '--subsets', *[n for n, _ in subsets],
-                          '--disable_progress_bar'])
-    per_subset = {}
-    for name, subset in tqdm(subsets, desc='nnUNetv2_predict per subset'):
-        folder = os.path.join(work, 'inputs', name)
-        zero_filled_copy(cases, subset, dataset_json, folder)
-        per_subset[name] = _timed(['nnUNetv2_predict', *model, '-i', folder, '-o',
-                                   os.path.join(work, 'predictions', name), '--disable_progress_bar'])
-    predict_s = sum(per_subset.values())
-    result = {'benchmark_s': benchmark_s, 'predict_s': predict_s, 'predict_over_benchmark': predict_s / benchmark_s,
-              'predict_s_per_subset': per_subset, 'settings': vars(args), 'date': time.strftime('%Y-%m-%d')}
-    with open(os.path.join(work, 'cost.json'), 'w') as f:
-        json.dump(result, f, indent=2)
+    with staged_outputs(args.o, OUTPUT_NAMES, 'cost') as work:
+        print(f"nnUNetv2_mm_benchmark over {len(subsets)} subsets ...", flush=True)
+        benchmark_s = _timed(['nnUNetv2_mm_benchmark', *model, '-i', args.i, '-l', args.l, '-o',
+                              os.path.join(work, 'benchmark'), '--subsets', *[n for n, _ in subsets],
+                              '--disable_progress_bar'])
+        per_subset = {}
+        for name, subset in tqdm(subsets, desc='nnUNetv2_predict per subset'):
+            folder = os.path.join(work, 'inputs', name)
+            zero_filled_copy(cases, subset, dataset_json, folder, decode_voxels=False)
+            per_subset[name] = _timed(['nnUNetv2_predict', *model, '-i', folder, '-o',
+                                       os.path.join(work, 'predictions', name), '--disable_progress_bar'])
+        predict_s = sum(per_subset.values())
+        result = {'benchmark_s': benchmark_s, 'predict_s': predict_s,
+                  'predict_over_benchmark': predict_s / benchmark_s, 'predict_s_per_subset': per_subset,
+                  'settings': vars(args), 'date': time.strftime('%Y-%m-%d')}
+        with open(os.path.join(work, 'cost.json'), 'w') as f:
+            json.dump(result, f, indent=2)
     print(f"nnUNetv2_mm_benchmark (prediction + metrics): {benchmark_s:.1f} s; {len(subsets)} x nnUNetv2_predict "
           f"(prediction only): {predict_s:.1f} s; ratio {predict_s / benchmark_s:.2f}")
     return 0
+
+
+def check_inputs(model_folder: str, dataset_json: dict, cases: dict, images: str, labels: str) -> None:
+    """Every input checked before anything runs, as ``nnUNetv2_mm_benchmark`` checks it: a reference label map for
+    every case (every voxel decoded, label values) and every image (readable, every voxel finite, one geometry per
+    case, the reference's shape); one line naming the files."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_missingmod.evaluation.benchmark_cases import check_case_files, check_references, scan_test_folder
+    from nnunet_missingmod.evaluation.metrics import all_labels_of
+    from nnunet_missingmod.regions import dataset_regions
+    if not os.path.isdir(labels):
+        raise CommandError(f"label folder {labels} does not exist")
+    scan_test_folder(images, labels, dataset_json)  # a reference for every case
+    reader_writer = PlansManager(load_json(os.path.join(model_folder, 'plans.json'))).image_reader_writer_class()
+    references = {case: os.path.join(labels, case + dataset_json['file_ending']) for case in sorted(cases)}
+    shapes = check_references(reader_writer, list(references.values()), all_labels_of(dataset_regions(dataset_json)))
+    check_case_files(cases, reader_writer, references, shapes)
 
 
 if __name__ == '__main__':
