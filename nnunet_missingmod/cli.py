@@ -6,6 +6,8 @@ Every ``main`` is wrapped by :func:`command`, which makes it fit for shell scrip
   to ``sys.exit``; an ``int`` is taken as the exit status);
 * a problem the user can fix (:class:`CommandError`, ``FileNotFoundError``, ``ValueError``, the converter's
   ``ConversionError`` ...) -> ``PROG: error: MESSAGE`` on one line of stderr, exit status 1, no traceback;
+* ``PermissionError``, ``FileExistsError``, and any operating-system error on a named path that the user can fix
+  (no space, read-only file system, ...) -> ``PROG: error: PATH: what went wrong`` (one line, exit status 1);
 * no usable CUDA device with the default ``-device cuda`` -> ``PROG: error: no CUDA device: pass -device cpu``;
 * Ctrl-C -> ``PROG: interrupted`` and exit status 130 (as shells report SIGINT).
 
@@ -15,6 +17,7 @@ see the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import sys
@@ -61,15 +64,78 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n')
 
 
-def dataset_name(dataset: str) -> str:
-    """nnU-Net's ``DatasetXXX_Name`` of a dataset name or id; :class:`CommandError` (one line) if there is none."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+#: nnU-Net's folder variables
+NNUNET_PATHS = ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')
+
+
+def require_env_path(name: str, why: str = '', must_exist: bool = True) -> str:
+    """The folder that environment variable ``name`` (``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results``)
+    names; :class:`CommandError` (one line) when it is unset or empty, or (``must_exist``) not an existing folder.
+
+    Call it before any work. nnU-Net 2.8's ``nnunetv2.paths.nnUNet_raw`` & co. are ``_EnvPath`` objects that are
+    never ``None`` (``is None`` checks cannot fire) and raise nnU-Net's multi-line RuntimeError only when the path is
+    used; an empty variable counts as set there and would be the current folder. ``why`` says what needs it."""
+    value = os.environ.get(name, '')
+    if not value.strip():
+        raise CommandError(f"{name} is not set{': ' + why if why else ''}; export {name}=/path/to/{name}")
+    if must_exist and not os.path.isdir(value):
+        raise CommandError(f"{name}={value} is not a folder{': ' + why if why else ''}; export {name} as an "
+                           f"existing folder")
+    return value
+
+
+def dataset_name(dataset) -> str:
+    """nnU-Net's ``DatasetXXX_Name`` of a dataset name or id (a name is returned as it is); :class:`CommandError`
+    (one line) for an id that no folder of ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` has, or
+    that two differently named data sets share (nnU-Net needs one name per id)."""
+    text = str(dataset).strip()
+    if text.startswith('Dataset'):
+        return text
     try:
-        return maybe_convert_to_dataset_name(dataset)
-    except (RuntimeError, ValueError) as e:
-        where = ', '.join(f'{k}={os.environ.get(k) or "(not set)"}'
-                          for k in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'))
-        raise CommandError(f'unknown dataset {dataset!r}: no such data set in {where}') from e
+        number = int(text)
+    except ValueError:
+        raise CommandError(f"unknown dataset {dataset!r}: neither a dataset id (a number) nor a name "
+                           f"DatasetXXX_Name") from None
+    prefix = f'Dataset{number:03d}_'
+    found: dict = {}
+    for variable in NNUNET_PATHS:
+        root = os.environ.get(variable, '')
+        if root.strip() and os.path.isdir(root):
+            for entry in sorted(os.listdir(root)):
+                if entry.startswith(prefix) and os.path.isdir(os.path.join(root, entry)):
+                    found.setdefault(entry, []).append(variable)
+    if len(found) > 1:
+        where = '; '.join(f"{name} (in {', '.join(variables)})" for name, variables in sorted(found.items()))
+        raise CommandError(f"dataset id {number} is ambiguous: {where}; nnU-Net needs one name per id - rename or "
+                           f"remove all but one, or give the name instead of the id")
+    if not found:
+        where = ', '.join(f'{k}={os.environ.get(k) or "(not set)"}' for k in NNUNET_PATHS)
+        raise CommandError(f'unknown dataset {dataset!r}: no such data set in {where}')
+    return next(iter(found))
+
+
+#: operating-system errors on a named path that the user can fix (the others stay bugs)
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.ENOENT, errno.EROFS,
+                errno.ENOSPC, errno.ENAMETOOLONG, getattr(errno, 'EDQUOT', errno.ENOSPC)}
+
+
+def is_path_error(error: BaseException) -> bool:
+    """Whether ``error`` is an operating-system error the user can fix: ``PermissionError``/``FileExistsError``,
+    or an ``OSError`` on a named path with one of :data:`_USER_ERRNOS`."""
+    if isinstance(error, (PermissionError, FileExistsError)):
+        return True
+    return isinstance(error, OSError) and error.filename is not None and error.errno in _USER_ERRNOS
+
+
+def path_error_message(error: OSError) -> str:
+    """``PATH: what went wrong`` (``PATH -> PATH2`` for a rename) for an ``OSError`` that names a path, else its
+    own message."""
+    if error.filename is None or not error.strerror:
+        return str(error)
+    where = os.fsdecode(error.filename) if isinstance(error.filename, (str, bytes, os.PathLike)) else error.filename
+    if error.filename2 is not None:
+        where = f'{where} -> {os.fsdecode(error.filename2)}'
+    return f'{where}: {error.strerror[0].lower()}{error.strerror[1:]}'
 
 
 def _user_errors() -> tuple:
@@ -104,6 +170,8 @@ def command(prog: str) -> Callable:
                     raise
                 if is_no_cuda_error(e):
                     report(name, NO_CUDA_MESSAGE)
+                elif is_path_error(e):
+                    report(name, path_error_message(e))
                 elif isinstance(e, _user_errors()):
                     report(name, e)
                 else:

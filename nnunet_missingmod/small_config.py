@@ -19,7 +19,7 @@ import sys
 import tempfile
 from copy import deepcopy
 
-from nnunet_missingmod.cli import ArgumentParser, CommandError, command, dataset_name
+from nnunet_missingmod.cli import ArgumentParser, CommandError, command, dataset_name, require_env_path
 
 PROG = 'nnUNetv2_mm_small_config'
 
@@ -116,8 +116,8 @@ def positive_int(text: str) -> int:
 def plans_file(dataset: str, plans_identifier: str = 'nnUNetPlans') -> str:
     """``$nnUNet_preprocessed/DatasetXXX_Name/<plans>.json``; :class:`CommandError` (one line) when the variable is
     unset, the data set unknown or the file absent."""
-    from nnunetv2.paths import nnUNet_preprocessed
-    path = os.path.join(nnUNet_preprocessed, dataset_name(dataset), plans_identifier + '.json')
+    root = require_env_path('nnUNet_preprocessed', 'the plans file is in $nnUNet_preprocessed/DatasetXXX_Name')
+    path = os.path.join(root, dataset_name(dataset), plans_identifier + '.json')
     if not os.path.isfile(path):
         raise CommandError(f"{path}: no plans file; run nnUNetv2_plan_and_preprocess first")
     return path

@@ -430,3 +430,128 @@ def test_command_wrapper_status_and_messages(capsys):
     assert capsys.readouterr().err == 'prog: error: no trained model in X; second line\n'
     assert raising(ZeroDivisionError('division by zero'))() == 1
     assert capsys.readouterr().err.startswith('prog: error: ZeroDivisionError: division by zero (set NNUNET_MM_')
+
+
+# ------------------------------------------------------ nnU-Net's folder variables, data set ids, output paths
+def _summary_folder(folder: Path) -> Path:
+    """A minimal benchmark output (two modalities, one region) that nnUNetv2_mm_compare accepts."""
+    from nnunet_missingmod.evaluation.tables import write_reports
+    subsets, n_missing = ['A', 'B', 'A+B'], {'A': 1, 'B': 1, 'A+B': 0}
+    rows = [{'case': 'c', 'subset': s, 'n_missing': n_missing[s], 'region': 'WT', 'Dice': 0.5, 'HD95': 1.0}
+            for s in subsets]
+    write_reports(rows, subsets, n_missing, ['WT'], str(folder), model={'trainer': 'T'})
+    return folder
+
+
+def _plans_folder(env: dict) -> Path:
+    plans = small_plans()
+    folder = Path(env['nnUNet_preprocessed']) / plans['dataset_name']
+    folder.mkdir()
+    (folder / 'nnUNetPlans.json').write_text(json.dumps(plans))
+    return folder
+
+
+@pytest.mark.parametrize('value', [None, ''])
+def test_unset_nnunet_preprocessed_is_one_line_not_a_bug(env, tmp_path, value):
+    """nnU-Net 2.8 wraps its folders in objects that are never ``None``: an unset variable ended in nnU-Net's
+    RuntimeError, reported as a bug. An empty one would have been the current folder."""
+    (Path(env['nnUNet_raw']) / 'Dataset999_UnitTest').mkdir()  # the id resolves through nnUNet_raw
+    env = dict(env)
+    if value is None:
+        env.pop('nnUNet_preprocessed')
+    else:
+        env['nnUNet_preprocessed'] = value
+    result = command(['nnUNetv2_mm_small_config', '-d', '999', '-c', '3d_tiny'], env)
+    line = assert_one_line_error(result, 'nnUNetv2_mm_small_config',
+                                 'nnUNet_preprocessed is not set', status=1)
+    assert 'RuntimeError' not in line and 'NNUNET_MM_TRACEBACK' not in line and 'export nnUNet_preprocessed=' in line
+
+
+def test_two_data_sets_with_one_id_are_named_not_unknown(env):
+    _plans_folder(env)
+    (Path(env['nnUNet_raw']) / 'Dataset999_Other').mkdir()
+    result = command(['nnUNetv2_mm_small_config', '-d', '999', '-c', '3d_tiny'], env)
+    line = assert_one_line_error(result, 'nnUNetv2_mm_small_config', 'dataset id 999 is ambiguous', status=1)
+    assert 'Dataset999_Other' in line and 'Dataset999_UnitTest' in line and 'unknown dataset' not in line
+
+
+def test_dataset_name_helper(env, monkeypatch):
+    from nnunet_missingmod.cli import CommandError, dataset_name, require_env_path
+    for name in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
+        monkeypatch.setenv(name, env[name])
+    (Path(env['nnUNet_results']) / 'Dataset042_Results').mkdir()
+    (Path(env['nnUNet_raw']) / 'Dataset4200_Other').mkdir()  # another id that merely starts with 42
+    assert dataset_name('42') == dataset_name(42) == 'Dataset042_Results'
+    assert dataset_name('Dataset007_Given') == 'Dataset007_Given'
+    with pytest.raises(CommandError, match="unknown dataset 'brain': neither a dataset id"):
+        dataset_name('brain')
+    with pytest.raises(CommandError, match="unknown dataset '43'"):
+        dataset_name('43')
+    assert require_env_path('nnUNet_raw') == env['nnUNet_raw']
+    monkeypatch.setenv('nnUNet_raw', env['nnUNet_raw'] + '/absent')
+    with pytest.raises(CommandError, match=r'nnUNet_raw=.*/absent is not a folder'):
+        require_env_path('nnUNet_raw')
+    monkeypatch.delenv('nnUNet_raw')
+    with pytest.raises(CommandError, match='nnUNet_raw is not set: the raw data; export nnUNet_raw='):
+        require_env_path('nnUNet_raw', 'the raw data')
+
+
+def test_output_path_that_exists_as_a_file_is_one_line_naming_it(env, tmp_path):
+    """``-o FILE/out``: the FileExistsError of creating ``FILE`` was reported as a bug."""
+    bench = _summary_folder(tmp_path / 'bench')
+    (tmp_path / 'file').write_text('x')
+    result = command(['nnUNetv2_mm_compare', '-i', bench, '-o', tmp_path / 'file' / 'out'], env)
+    line = assert_one_line_error(result, 'nnUNetv2_mm_compare', f"{tmp_path / 'file'}: file exists", status=1)
+    assert 'FileExistsError' not in line and 'NNUNET_MM_TRACEBACK' not in line
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create entries in: a read-only temporary folder, or /sys for root."""
+    folder = tmp_path / 'read_only'
+    folder.mkdir()
+    folder.chmod(0o500)
+    if not os.access(folder, os.W_OK):
+        return folder
+    try:
+        os.mkdir('/sys/nnunet_missingmod_probe')
+    except PermissionError:
+        return Path('/sys')
+    except OSError:
+        pass
+    else:  # pragma: no cover - /sys writable
+        os.rmdir('/sys/nnunet_missingmod_probe')
+    pytest.skip('no folder on this machine refuses writing to this user')
+
+
+def test_permission_denied_on_the_output_is_one_line_naming_it(env, tmp_path):
+    bench = _summary_folder(tmp_path / 'bench')
+    parent = _unwritable_folder(tmp_path)
+    try:
+        result = command(['nnUNetv2_mm_compare', '-i', bench, '-o', parent / 'cmp'], env)
+    finally:
+        (tmp_path / 'read_only').chmod(0o700)
+    line = assert_one_line_error(result, 'nnUNetv2_mm_compare', str(parent), status=1)
+    assert 'PermissionError' not in line and 'NNUNET_MM_TRACEBACK' not in line
+    assert 'permission denied' in line or 'operation not permitted' in line, line
+
+
+def test_command_wrapper_reports_os_errors_on_paths_as_user_errors(capsys):
+    from nnunet_missingmod.cli import command as wrap
+
+    def raising(error):
+        def main(argv=None):
+            raise error
+        return wrap('prog')(main)
+
+    assert raising(PermissionError(13, 'Permission denied', '/data/out'))() == 1
+    assert capsys.readouterr().err == 'prog: error: /data/out: permission denied\n'
+    assert raising(FileExistsError(17, 'File exists', '/data/out'))() == 1
+    assert capsys.readouterr().err == 'prog: error: /data/out: file exists\n'
+    assert raising(PermissionError(1, 'Operation not permitted', '/a', None, '/b'))() == 1
+    assert capsys.readouterr().err == 'prog: error: /a -> /b: operation not permitted\n'
+    assert raising(PermissionError('no access to the GPU'))() == 1
+    assert capsys.readouterr().err == 'prog: error: no access to the GPU\n'
+    assert raising(OSError(28, 'No space left on device', '/data/out/x.nii.gz'))() == 1
+    assert capsys.readouterr().err == 'prog: error: /data/out/x.nii.gz: no space left on device\n'
+    assert raising(OSError(5, 'Input/output error'))() == 1  # no path: still a bug report
+    assert capsys.readouterr().err.startswith('prog: error: OSError: ')
