@@ -7,8 +7,12 @@ region block is marked (bold). Dice in %, HD95 in mm (lower is better). Written 
 * ``comparison_dice.md``/``.tex`` and ``comparison_hd95.md``/``.tex``;
 * ``dice_vs_missing.png``: mean Dice against the number of missing modalities, one panel per region, one line per
   method;
-* ``comparison.json``: the merged means (method -> metric -> subset -> region, and ``Avg``) and each method's
-  benchmark folder(s).
+* ``comparison_shapley.md``: when every benchmark has Shapley values (all ``2^M - 1`` subsets benchmarked, see
+  :mod:`~nnunet_missingmod.evaluation.shapley`), each modality's exact Shapley value of the mean Dice, for every
+  region a row per method, and their sum (the full-set Dice); otherwise ``comparison.json``'s ``shapley_note`` says
+  which benchmark has none;
+* ``comparison.json``: the merged means (method -> metric -> subset -> region, and ``Avg``), the Shapley values and
+  each method's benchmark folder(s).
 
 Method names are the benchmarks' trainers (``summary.json``'s ``model.trainer``) unless ``--names`` gives them; the
 benchmarks must share subsets and regions. Every ``summary.json`` is checked (each metric, subset and region the tables
@@ -39,7 +43,7 @@ from nnunet_missingmod.evaluation.tables import METRICS, _fmt, _latex_escape, _p
 PROG = 'nnUNetv2_mm_compare'
 #: what the comparison writes into ``-o`` (``--overwrite`` replaces exactly these)
 OUTPUT_NAMES = ('comparison_dice.md', 'comparison_dice.tex', 'comparison_hd95.md', 'comparison_hd95.tex',
-                'dice_vs_missing.png', 'comparison.json')
+                'comparison_shapley.md', 'dice_vs_missing.png', 'comparison.json')
 
 
 def _lookup(summary: dict, keys: Sequence[str], path: str):
@@ -76,6 +80,16 @@ def check_summary(summary, path: str) -> None:
         value = _lookup(summary, keys, path)
         if value is not None and not _is_number(value):
             raise CommandError(f"{path}: {'.'.join(keys)} is {value!r}, not a number")
+    if summary.get('shapley') is not None:
+        modalities = None
+        for region in regions:
+            by_modality = _lookup(summary, ['shapley', region], path)
+            if not isinstance(by_modality, dict) or not all(_is_number(v) for v in by_modality.values()):
+                raise CommandError(f"{path}: shapley.{region} is not a number per modality")
+            modalities = list(by_modality) if modalities is None else modalities
+            if sorted(by_modality) != sorted(modalities):
+                raise CommandError(f"{path}: shapley.{region} has the modalities {sorted(by_modality)}, "
+                                   f"shapley.{regions[0]} {sorted(modalities)}")
 
 
 def load_benchmark(folder: str) -> dict:
@@ -220,7 +234,9 @@ def _with_nan(summary: dict) -> dict:
 
 def average_splits(summaries: Sequence[dict]) -> dict:
     """One benchmark summary whose means (per metric, subset and region, and ``Avg``) are the means of the
-    per-split means of ``summaries`` (undefined per-split values are left out); the trainer if all splits share it."""
+    per-split means of ``summaries`` (undefined per-split values are left out); the trainer if all splits share it.
+    Shapley values, when every split has them, are averaged too (they are linear in the means: the average of the
+    per-split values is the Shapley value of the averaged means)."""
     def mean(values):
         values = [v for v in values if v is not None]
         return float(np.mean(values)) if values else None
@@ -229,8 +245,39 @@ def average_splits(summaries: Sequence[dict]) -> dict:
     averaged = {m: {s: {r: mean(x['mean'][m][s][r] for x in summaries) for r in first['regions']}
                     for s in first['subsets']} for m in first['mean']}
     avg = {m: {r: mean(x['Avg'][m][r] for x in summaries) for r in first['regions']} for m in first['Avg']}
+    shapley, note = None, None
+    if all(x.get('shapley') for x in summaries):
+        shapley = {r: {k: mean(x['shapley'][r][k] for x in summaries) for k in first['shapley'][r]}
+                   for r in first['regions']}
+        note = first.get('shapley_note')
+    else:
+        note = next(x.get('shapley_note') for x in summaries if not x.get('shapley'))
     return {'mean': averaged, 'Avg': avg, 'subsets': first['subsets'], 'regions': first['regions'],
-            'n_missing': first['n_missing'], 'model': {'trainer': trainers.pop() if len(trainers) == 1 else None}}
+            'n_missing': first['n_missing'], 'model': {'trainer': trainers.pop() if len(trainers) == 1 else None},
+            'shapley': shapley, 'shapley_note': note}
+
+
+def shapley_note(summaries: Sequence[dict], folders: Sequence[str]) -> str | None:
+    """Why there is no Shapley table (the first benchmark without Shapley values), or None when there is one."""
+    for summary, folder in zip(summaries, folders):
+        if not summary.get('shapley'):
+            why = summary.get('shapley_note') or 'a benchmark written before Shapley values were added'
+            return f"no Shapley table: {folder}'s summary.json has no Shapley values ({why})"
+    return None
+
+
+def markdown_shapley_comparison(summaries, methods, regions, note: str = '') -> str:
+    """Per region a row per method: each modality's Shapley value of the mean Dice (% points) and their sum."""
+    modalities = list(summaries[0]['shapley'][regions[0]])
+    header = ['region', 'method — Shapley (Dice %)'] + modalities + ['Sum']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join([':---', ':---'] + ['---:'] * (len(modalities) + 1)) + '|']
+    for region in regions:
+        for i, (summary, method) in enumerate(zip(summaries, methods)):
+            row = [summary['shapley'][region][m] for m in modalities]
+            lines.append('| ' + ' | '.join([region if i == 0 else '', method] +
+                                           [f'{100 * v:.2f}' for v in row + [sum(row)]]) + ' |')
+    text = '\n'.join(lines) + '\n'
+    return text + (f'\n{note[0].upper()}{note[1:]}.\n' if note else '')
 
 
 def compare(folders: Sequence[str], output: str, names: Sequence[str] | None = None, splits: int = 1,
@@ -253,6 +300,11 @@ def compare(folders: Sequence[str], output: str, names: Sequence[str] | None = N
         if summary['subsets'] != subsets or summary['regions'] != regions:
             raise CommandError(f"{folder}: its subsets/regions differ from {folders[0]}'s; compare benchmarks of "
                                f"the same data set and --order")
+    with_shapley = [(f, sorted(x['shapley'][regions[0]])) for f, x in zip(folders, summaries) if x.get('shapley')]
+    for folder, modalities in with_shapley[1:]:
+        if modalities != with_shapley[0][1]:
+            raise CommandError(f"{folder}: its Shapley values are of the modalities {modalities}, those of "
+                               f"{with_shapley[0][0]} of {with_shapley[0][1]}")
     if os.path.abspath(output) in {os.path.abspath(f) for f in folders}:
         raise CommandError(f"-o {output} is one of the benchmark folders; choose a new folder")
     groups = [list(folders[i:i + splits]) for i in range(0, len(folders), splits)]
@@ -290,13 +342,23 @@ def _write_comparison(output, summaries, methods, groups, regions, subsets, spli
             f.write(latex_comparison(summaries, methods, metric, regions, subsets))
     plot_comparison_curves(summaries, methods, regions, subsets, summaries[0]['n_missing'],
                            os.path.join(output, 'dice_vs_missing.png'))
+    no_shapley = shapley_note(summaries, [' '.join(group) for group in groups])
+    if no_shapley is None:
+        note = summaries[0].get('shapley_note') or ''
+        if splits > 1:
+            note = f'{note}; values: mean over {splits} splits of the per-split Shapley values'.lstrip('; ')
+        with open(os.path.join(output, 'comparison_shapley.md'), 'w') as f:
+            f.write(markdown_shapley_comparison(summaries, methods, regions, note))
     merged = {m: {'mean': s['mean'], 'Avg': s['Avg'],
+                  **({'shapley': s['shapley']} if no_shapley is None else {}),
                   **({'splits': [os.path.abspath(f) for f in group]} if splits > 1 else
                      {'source': os.path.abspath(group[0])})}
               for m, s, group in zip(methods, summaries, groups)}
     report = {'subsets': subsets, 'regions': regions, 'methods': merged}
     if splits > 1:
         report['average'] = averaging_note(splits)
+    if no_shapley is not None:
+        report['shapley_note'] = no_shapley
     with open(os.path.join(output, 'comparison.json'), 'w') as f:
         json.dump(report, f, indent=2)
     return merged
@@ -324,6 +386,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     compare(args.i, args.o, args.names, args.average_splits, args.overwrite)
     print(open(os.path.join(args.o, 'comparison_dice.md')).read())
+    if os.path.isfile(os.path.join(args.o, 'comparison_shapley.md')):
+        print(open(os.path.join(args.o, 'comparison_shapley.md')).read())
+    else:
+        print(json.load(open(os.path.join(args.o, 'comparison.json')))['shapley_note'])
     if args.average_splits > 1:
         print(f"values: {averaging_note(args.average_splits)}")
     print(f"comparison of {len(args.i) // args.average_splits} methods ({len(args.i)} benchmarks) written to "

@@ -16,10 +16,16 @@ from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
+from nnunet_missingmod.evaluation import shapley
+
 METRICS = ('Dice', 'HD95')
 #: optional metrics (``nnUNetv2_mm_benchmark --lesionwise``), reported when the rows have them
 LESIONWISE_METRICS = ('LesionDice', 'LesionHD95')
 CSV_FIELDS = ('case', 'subset', 'n_missing', 'region', 'Dice', 'HD95')
+#: every file :func:`write_reports` may write into its folder
+REPORT_NAMES = ('per_case.csv', 'summary.json', 'table_dice.md', 'table_dice.tex', 'table_hd95.md', 'table_hd95.tex',
+                'table_lesiondice.md', 'table_lesiondice.tex', 'table_lesionhd95.md', 'table_lesionhd95.tex',
+                'table_lesionwise.md', 'table_shapley.md', 'heatmap_dice.png', 'dice_vs_missing.png')
 #: Dice-like metrics are shown in %, the others (distances) in mm
 _PERCENT = ('Dice', 'LesionDice')
 
@@ -227,16 +233,25 @@ def plot_missing_curve(summary: dict, subsets: Sequence[str], n_missing: Dict[st
 
 
 def write_reports(rows: Sequence[dict], subsets: Sequence[str], n_missing: Dict[str, int], regions: Sequence[str],
-                  output_folder: str, **summary_extra) -> dict:
+                  output_folder: str, modalities: Sequence[str] | None = None, **summary_extra) -> dict:
     """Write every report of a benchmark into ``output_folder``; returns the summary.
 
-    Files: ``per_case.csv``, ``summary.json``, ``table_dice.md``, ``table_hd95.md``, ``table_dice.tex``,
-    ``table_hd95.tex``, ``heatmap_dice.png``, ``dice_vs_missing.png``; when the rows have the lesion-wise metrics
-    also ``table_lesiondice.md/.tex``, ``table_lesionhd95.md/.tex`` and ``table_lesionwise.md`` (global next to
-    lesion-wise).
+    Files (:data:`REPORT_NAMES`): ``per_case.csv``, ``summary.json``, ``table_dice.md``, ``table_hd95.md``,
+    ``table_dice.tex``, ``table_hd95.tex``, ``heatmap_dice.png``, ``dice_vs_missing.png``; when the rows have the
+    lesion-wise metrics also ``table_lesiondice.md/.tex``, ``table_lesionhd95.md/.tex`` and ``table_lesionwise.md``
+    (global next to lesion-wise); when every one of the ``2^M - 1`` modality subsets was benchmarked also
+    ``table_shapley.md``: each modality's exact Shapley value of the mean Dice per region
+    (:mod:`~nnunet_missingmod.evaluation.shapley`), which ``summary.json`` holds as ``shapley`` (region -> modality
+    -> value; null when not computed, ``shapley_note`` says why). The modalities are ``modalities``, else
+    ``evaluation['modalities']`` of ``summary_extra``, else those of the full subset (``n_missing`` 0).
     """
     os.makedirs(output_folder, exist_ok=True)
     summary = summarize(rows, subsets, regions)
+    if modalities is None:
+        modalities = (summary_extra.get('evaluation') or {}).get('modalities')
+    players = shapley.modality_order(subsets, n_missing, modalities)
+    summary['shapley'], summary['shapley_note'] = shapley.benchmark_shapley(summary['mean'], subsets, regions,
+                                                                            players)
     write_case_csv(rows, os.path.join(output_folder, 'per_case.csv'))
     write_summary_json(summary, os.path.join(output_folder, 'summary.json'), subsets=list(subsets),
                        n_missing={s: n_missing[s] for s in subsets}, regions=list(regions), **summary_extra)
@@ -249,6 +264,9 @@ def write_reports(rows: Sequence[dict], subsets: Sequence[str], n_missing: Dict[
     if 'LesionDice' in summary['mean']:
         with open(os.path.join(output_folder, 'table_lesionwise.md'), 'w') as f:
             f.write(lesionwise_markdown_table(summary, subsets, regions))
+    if summary['shapley'] is not None:
+        with open(os.path.join(output_folder, 'table_shapley.md'), 'w') as f:
+            f.write(shapley.markdown_shapley(summary['shapley'], regions, players, summary['shapley_note']))
     plot_heatmap(summary, subsets, regions, os.path.join(output_folder, 'heatmap_dice.png'))
     plot_missing_curve(summary, subsets, n_missing, regions, os.path.join(output_folder, 'dice_vs_missing.png'))
     return summary

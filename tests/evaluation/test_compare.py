@@ -188,3 +188,55 @@ def test_a_failure_while_writing_leaves_the_output_as_it_was(tmp_path, monkeypat
     with pytest.raises(OSError, match='disk full'):
         compare_module.compare([str(a)], str(tmp_path / 'cmp'))
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a']
+
+
+# -------------------------------------------------------------------------------------------- Shapley values
+def test_shapley_table_across_methods(tmp_path):
+    # A, WT: phi_FLAIR = 1/2 (0.80) + 1/2 (0.85 - 0.20) = 0.725, phi_T1ce = 1/2 (0.20) + 1/2 (0.85 - 0.80) = 0.125
+    #    ET: phi_FLAIR = 1/2 (0.10) + 1/2 (0.70 - 0.60) = 0.100, phi_T1ce = 1/2 (0.60) + 1/2 (0.70 - 0.10) = 0.600
+    # B, WT: phi_FLAIR = 1/2 (0.75) + 1/2 (0.85 - 0.50) = 0.550, phi_T1ce = 1/2 (0.50) + 1/2 (0.85 - 0.75) = 0.300
+    #    ET: phi_FLAIR = 1/2 (0.30) + 1/2 (0.72 - 0.55) = 0.235, phi_T1ce = 1/2 (0.55) + 1/2 (0.72 - 0.30) = 0.485
+    a = benchmark(tmp_path / 'a', 'TrA', {('FLAIR', 'WT'): 0.80, ('T1ce', 'WT'): 0.20, ('FLAIR+T1ce', 'WT'): 0.85,
+                                          ('FLAIR', 'ET'): 0.10, ('T1ce', 'ET'): 0.60, ('FLAIR+T1ce', 'ET'): 0.70})
+    b = benchmark(tmp_path / 'b', 'TrB', {('FLAIR', 'WT'): 0.75, ('T1ce', 'WT'): 0.50, ('FLAIR+T1ce', 'WT'): 0.85,
+                                          ('FLAIR', 'ET'): 0.30, ('T1ce', 'ET'): 0.55, ('FLAIR+T1ce', 'ET'): 0.72})
+    out = tmp_path / 'cmp'
+    result = run('-i', a, b, '-o', out)
+    assert result.returncode == 0, result.stderr
+    table = (out / 'comparison_shapley.md').read_text().splitlines()
+    assert table[0] == '| region | method — Shapley (Dice %) | FLAIR | T1ce | Sum |'
+    assert table[2:6] == ['| WT | TrA | 72.50 | 12.50 | 85.00 |', '|  | TrB | 55.00 | 30.00 | 85.00 |',
+                          '| ET | TrA | 10.00 | 60.00 | 70.00 |', '|  | TrB | 23.50 | 48.50 | 72.00 |']
+    merged = json.loads((out / 'comparison.json').read_text())
+    assert merged['methods']['TrB']['shapley']['ET'] == pytest.approx({'FLAIR': 0.235, 'T1ce': 0.485})
+    # averaged over splits: the mean of the per-split Shapley values (they are linear in the Dice values)
+    out2 = tmp_path / 'cmp_splits'
+    result = run('-i', a, b, '--average-splits', 2, '--names', 'AB', '-o', out2)
+    assert result.returncode == 0, result.stderr
+    assert '| WT | AB | 63.75 | 21.25 | 85.00 |' in (out2 / 'comparison_shapley.md').read_text()
+
+
+def test_no_shapley_table_unless_every_method_has_shapley(tmp_path):
+    a = benchmark(tmp_path / 'a', 'TrA', {(s, r): 0.5 for s in SUBSETS for r in REGIONS})
+    b = benchmark(tmp_path / 'b', 'TrB', {(s, r): 0.6 for s in SUBSETS for r in REGIONS})
+    _edit_summary(b, lambda s: s.update(shapley=None, shapley_note='not computed: restricted with --subsets'))
+    out = tmp_path / 'cmp'
+    result = run('-i', a, b, '-o', out)
+    assert result.returncode == 0, result.stderr
+    assert not (out / 'comparison_shapley.md').exists()
+    note = json.loads((out / 'comparison.json').read_text())['shapley_note']
+    assert note.startswith(f'no Shapley table: {b}') and 'restricted with --subsets' in note
+    assert 'no Shapley table' in result.stdout
+    # an earlier comparison's Shapley table does not survive --overwrite when this one has none
+    (out / 'comparison_shapley.md').write_text('stale')
+    assert run('-i', a, b, '-o', out, '--overwrite').returncode == 0
+    assert not (out / 'comparison_shapley.md').exists()
+
+
+def test_a_malformed_shapley_entry_is_named(tmp_path):
+    a = benchmark(tmp_path / 'a', 'TrA', {(s, r): 0.5 for s in SUBSETS for r in REGIONS})
+    path = _edit_summary(a, lambda s: s['shapley']['ET'].pop('T1ce'))
+    _one_line(run('-i', a, '-o', tmp_path / 'cmp'), f"{path}: shapley.ET has the modalities ['FLAIR']")
+    path = _edit_summary(a, lambda s: s['shapley'].pop('ET'))
+    _one_line(run('-i', a, '-o', tmp_path / 'cmp'), f'{path}: lacks shapley.ET')
+    assert not (tmp_path / 'cmp').exists()
