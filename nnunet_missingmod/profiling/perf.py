@@ -250,22 +250,37 @@ def device_description(device: str) -> str:
     return f'{model}, {torch.get_num_threads()} threads'
 
 
-def busy_cpus(interval: float = 1.0) -> float:
-    """How many CPUs other work keeps busy now: the non-idle share of the machine's CPU time over ``interval``
-    seconds (``/proc/stat``) times the number of CPUs; where there is no ``/proc/stat``, the 1-minute load average.
-    Unlike the load average it forgets a job that ended before the measurement (e.g. the previous measurement)."""
-    def sample() -> tuple[int, int]:
-        with open('/proc/stat') as f:
-            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-        return sum(ticks), ticks[3] + ticks[4]
+def read_proc_stat() -> str:
+    """The text of ``/proc/stat`` (the kernel's CPU time counters since boot, in ticks)."""
+    with open('/proc/stat') as f:
+        return f.read()
+
+
+def cpu_ticks(stat: str) -> tuple[int, int, int]:
+    """``(total, idle, cpus)`` of one ``/proc/stat`` snapshot: the ticks of the aggregate ``cpu`` line (user nice
+    system idle iowait irq softirq steal; guest time is already counted in user), the idle ones among them (idle +
+    iowait), and the number of CPUs that line sums over (its ``cpuN`` lines)."""
+    lines = stat.splitlines()
+    ticks = [int(v) for v in lines[0].split()[1:9]] if lines and lines[0].split()[0] == 'cpu' else []
+    if len(ticks) < 5:
+        raise ValueError(f'not a /proc/stat snapshot: {lines[:1]}')
+    cpus = sum(1 for line in lines[1:] if line.startswith('cpu') and line[3:4].isdigit())
+    return sum(ticks), ticks[3] + ticks[4], cpus
+
+
+def busy_cpus(interval: float = 1.0, read: Callable[[], str] = read_proc_stat) -> float:
+    """How many CPUs other work keeps busy now: the non-idle share of the machine's CPU time between two snapshots
+    of ``/proc/stat`` taken ``interval`` seconds apart (``read`` returns one; a test passes recorded ones) times
+    the number of CPUs; where there is no ``/proc/stat``, the 1-minute load average. Unlike the load average it
+    forgets a job that ended before the measurement (e.g. the previous measurement)."""
     try:
-        total0, idle0 = sample()
+        total0, idle0, _ = cpu_ticks(read())
         time.sleep(interval)
-        total1, idle1 = sample()
+        total1, idle1, cpus = cpu_ticks(read())
     except (OSError, ValueError, IndexError):
         return os.getloadavg()[0]
     total = total1 - total0
-    return 0.0 if total <= 0 else (1 - (idle1 - idle0) / total) * (os.cpu_count() or 1)
+    return 0.0 if total <= 0 else (1 - (idle1 - idle0) / total) * (cpus or os.cpu_count() or 1)
 
 
 def busy_cpu_note(busy: float | None = None, cpus: int | None = None) -> str | None:
