@@ -21,7 +21,8 @@ setup(
         'matplotlib',
         'tqdm',
     ],
-    extras_require={'test': ['pytest', 'medpy', 'brats-evaluation'], 'brats': ['panoptica>=2.1']},
+    extras_require={'test': ['pytest', 'pytest-timeout', 'scikit-learn', 'medpy', 'brats-evaluation'],
+                    'brats': ['panoptica>=2.1']},
     entry_points={'console_scripts': [
         'nnUNetv2_mm_env = nnunet_missingmod.env:main',
         'nnUNetv2_mm_small_config = nnunet_missingmod.small_config:main',
