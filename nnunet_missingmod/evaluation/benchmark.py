@@ -70,6 +70,7 @@ from nnunet_missingmod.inference.predict import MissingModalityPredictor, add_nn
 from nnunet_missingmod.modalities import (MODALITY_ORDERS, all_subsets, channel_order, modality_names,
                                           parse_subset, subset_name, subset_to_mask)
 from nnunet_missingmod.regions import dataset_regions
+
 #: what the benchmark writes into ``-o`` (``--overwrite`` replaces exactly these, at the end)
 OUTPUT_NAMES = ('per_case.csv', 'summary.json', 'table_dice.md', 'table_dice.tex', 'table_hd95.md', 'table_hd95.tex',
                 'table_lesiondice.md', 'table_lesiondice.tex', 'table_lesionhd95.md', 'table_lesionhd95.tex',
