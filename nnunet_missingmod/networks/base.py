@@ -24,6 +24,7 @@ builder :meth:`MissingModalityNetwork.from_plans`, with one signature for all me
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
+from typing import Iterable, Tuple
 
 import torch
 from torch import nn
@@ -50,6 +51,25 @@ class MissingModalityNetwork(nn.Module, metaclass=ABCMeta):
     def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor) -> NetworkOutput:
         """The full :class:`~nnunet_missingmod.networks.outputs.NetworkOutput`; ``losses`` may be empty in eval
         mode."""
+
+    # ------------------------------------------------------------------ knock-outs
+    def knockout_paths(self) -> Tuple[str, ...]:
+        """Names of the information paths of this network that :meth:`set_knockout` can remove (none here)."""
+        return ()
+
+    def set_knockout(self, names: Iterable[str]) -> None:
+        """Remove the named information paths from every following forward pass (``()`` restores them): each
+        submodule with a ``knocked_out`` attribute gets the set of names and leaves those paths out. A name the
+        network does not have is a ``ValueError`` naming the ones it has."""
+        names = frozenset(names)
+        unknown = sorted(names - set(self.knockout_paths()))
+        if unknown:
+            have = ', '.join(self.knockout_paths()) or 'none'
+            raise ValueError(f"{type(self).__name__} has no information path {', '.join(unknown)} to knock out "
+                             f"(it has: {have})")
+        for module in self.modules():
+            if hasattr(module, 'knocked_out'):
+                module.knocked_out = names
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """Switch deep supervision outputs on/off (nnU-Net turns it off for validation and inference)."""

@@ -18,11 +18,11 @@
   per-modality sub-batches. The trade is made for the GPU (no host sync, one kernel per layer); what it gains and
   costs on a CPU: docs/results/2026-11-26-compute-cpu.md.
 * **Skips**: mean over the present modalities at every resolution except the bottleneck.
-* **Bottleneck**: a fusion module (:mod:`nnunet_missingmod.methods.fusion.modules`, :mod:`nnunet_missingmod.methods.smsn.fusion`) gets the ``(B, M, C, *spatial)``
-  stack, the mask and the input image ``x`` (SMSN's reconstruction loss rebuilds the input modalities; the
-  other fusions ignore it) and returns the fused map plus its auxiliary losses (the network's
-  ``NetworkOutput.losses``; it has no extras). It is built with the plans'
-  strides (SMSN's reconstruction decoders up-sample by them) and, if it defines ``after_weight_init()``, that is
+* **Bottleneck**: a fusion module (:mod:`nnunet_missingmod.methods.fusion.modules`,
+  :mod:`nnunet_missingmod.methods.smsn.fusion`) gets the ``(B, M, C, *spatial)`` stack, the mask and the input
+  image ``x`` (SMSN's reconstruction loss rebuilds the input modalities; the other fusions ignore it) and returns
+  the fused map, its auxiliary losses (the network's ``NetworkOutput.losses``) and its logged figures (the
+  network's ``extras['log']``). It is built with the plans' strides (SMSN's reconstruction decoders up-sample by them) and, if it defines ``after_weight_init()``, that is
   called after the He initialisation of the whole network (SMSN zeroes the last layer of its Gaussian heads).
 * **Decoder**: one dynamic_network_architectures ``UNetDecoder`` (deep supervision as in ``PlainConvUNet``).
 """
@@ -103,10 +103,14 @@ class MultiEncoderFusionUNet(MissingModalityNetwork):
         present = availability.to(x.dtype).reshape(availability.shape + (1,) * (skips[-1].ndim - 2))
         return [masked_mean(s, availability) for s in skips[:-1]], skips[-1] * present
 
+    def knockout_paths(self):
+        """The paths of the fusion module (SMSN: ``'bottleneck'``, ``'specific'``; the parallel fusions: none)."""
+        return tuple(getattr(self.fusion, 'KNOCKOUT_PATHS', ()))
+
     def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor):
         if x.shape[1] != self.num_modalities:
             raise ValueError(f"input has {x.shape[1]} channels, the network was built for {self.num_modalities} "
                              f"modalities")
         skips, stack = self.encode(x, availability)
-        fused, losses = self.fusion(stack, availability, x)
-        return NetworkOutput(self.decoder(skips + [fused]), losses, {})
+        fused, losses, log = self.fusion(stack, availability, x)
+        return NetworkOutput(self.decoder(skips + [fused]), losses, {'log': log} if log else {})

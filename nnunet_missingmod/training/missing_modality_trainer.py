@@ -30,13 +30,25 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
     missing channels are zeroed *after* nnU-Net's augmentation, and the mask is passed to networks that follow the
     :class:`~nnunet_missingmod.networks.base.MissingModalityNetwork` protocol.
 
-    **One rule for the loss.** ``total = sum_k w_k * L_k`` over the terms of :meth:`segmentation_terms` (the hook a
+    **One rule for the loss.** ``total = sum_k w_k * s_k * L_k`` over the terms of :meth:`segmentation_terms` (the hook a
     method overrides for its target-dependent terms, which may read the network's ``extras``; default
     ``{'seg': nnU-Net's loss}``) and the network's ``losses``
     (:class:`~nnunet_missingmod.networks.outputs.NetworkOutput`). ``w_k`` is ``aux_loss_weights[k]``; segmentation
     terms not listed there weigh 1, a network loss not listed there is an error. Every term is logged per epoch,
     unweighted, with its weight and unit (:attr:`loss_term_units`), and at the start of a run the share of each
-    weighted term in the gradient norm.
+    weighted term in the gradient norm (over :meth:`shared_parameters`) and, every epoch, the fraction of steps whose
+    gradient norm was clipped.
+
+    **One scaling rule for information terms** (``s_k``). nnU-Net's segmentation loss is a mean per voxel (and per
+    region, for region-based training); a paper's KL or variational NLL is a sum per sample. A term named in
+    :attr:`per_sample_terms` enters the total divided by the output elements the segmentation loss averages over
+    (:meth:`per_sample_scale`: patch voxels x regions, or x 1 for softmax labels), so that a paper's weight keeps its
+    meaning next to the per-voxel mean: a per-sample IB objective ``CE_sample + beta * KL_sample`` becomes
+    ``CE_mean + beta * KL_sample / N``. Every other term has ``s_k = 1``.
+
+    **Logged figures.** A network may return ``extras['log']``, ``{name: scalar tensor}``: figures that are no loss
+    (a KL per stage, active latent channels, a feature scale). They are averaged per epoch and logged beside the
+    loss terms.
 
     **One generator.** Every random draw of training that is not a tensor op (the subset per sample here, the SMSN
     fusion order, the Hölder-MI subsets per step) comes from :attr:`rng`, seeded from NumPy's global generator and
@@ -58,6 +70,11 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
     aux_loss_weights: Dict[str, float] = {}
     #: unit of a logged loss term (terms without an entry are dimensionless)
     loss_term_units: Dict[str, str] = {}
+    #: terms defined per sample (a KL or an NLL summed over a latent code) that enter the total scaled by
+    #: :meth:`per_sample_scale` (the one scaling rule of the class docstring)
+    per_sample_terms: Tuple[str, ...] = ()
+    #: nnU-Net's gradient-norm clipping threshold (``nnUNetTrainer.train_step`` clips at 12)
+    gradient_clip_norm: float = 12.0
     #: training steps at the start of a run whose per-term gradient-norm shares go into the log (each such step costs
     #: one extra backward pass per loss term; 0 switches the diagnostic off)
     gradient_share_steps: int = 1
@@ -76,6 +93,8 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         self.rng = np.random.default_rng(np.random.randint(0, 2 ** 32, dtype=np.uint64))
         self._present_channels: Dict[str, np.ndarray] = {}
         self._epoch_terms: Dict[str, List[torch.Tensor]] = defaultdict(list)   # detached: no host sync per step
+        self._epoch_log: Dict[str, List[torch.Tensor]] = defaultdict(list)
+        self._epoch_clipped: List[torch.Tensor] = []
         self._epoch_subsets: Counter = Counter()
         self._gradient_shares: Dict[str, List[float]] = defaultdict(list)
         self._gradient_share_steps_done = 0
@@ -167,8 +186,27 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         return {'seg': self.loss(output.segmentation, target)}
 
     def term_weight(self, name: str) -> float:
-        """Weight of a loss term in the total (:attr:`aux_loss_weights`, 1 for unlisted segmentation terms)."""
-        return float(self.aux_loss_weights.get(name, 1.0))
+        """Weight of a loss term in the total (:attr:`aux_loss_weights`, 1 for unlisted segmentation terms), times
+        :meth:`per_sample_scale` for the terms of :attr:`per_sample_terms`."""
+        weight = float(self.aux_loss_weights.get(name, 1.0))
+        return weight * self.per_sample_scale() if name in self.per_sample_terms else weight
+
+    def per_sample_scale(self) -> float:
+        """``1 / N``: N the output elements nnU-Net's segmentation loss averages over per sample, the patch's voxels
+        times the sigmoid regions (region-based training) or times 1 (softmax labels: the cross-entropy sums the
+        classes of a voxel)."""
+        voxels = int(np.prod(self.configuration_manager.patch_size))
+        regions = len(self.label_manager.foreground_regions) if self.label_manager.has_regions else 1
+        return 1.0 / (voxels * regions)
+
+    def shared_parameters(self) -> List[torch.nn.Parameter]:
+        """The parameters over which gradient shares are measured: the network's, less the auxiliary heads that only
+        one term trains (a network lists them in ``auxiliary_head_parameters()``), whose gradient would count
+        towards that term's share without reaching the segmentation."""
+        network = self.bare_network
+        heads = {id(p) for p in network.auxiliary_head_parameters()} \
+            if hasattr(network, 'auxiliary_head_parameters') else set()
+        return [p for p in self.network.parameters() if p.requires_grad and id(p) not in heads]
 
     def compute_loss(self, output: NetworkOutput, target, availability: torch.Tensor
                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -184,31 +222,33 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
 
     def forward_loss(self, data: torch.Tensor, target, availability: torch.Tensor
                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Network forward and :meth:`compute_loss` under nnU-Net's autocast (the training step's one path)."""
+        """Network forward and :meth:`compute_loss` under nnU-Net's autocast (the training step's one path); the
+        network's ``extras['log']`` figures are kept for the epoch's log."""
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             if isinstance(self.bare_network, MissingModalityNetwork):
                 output = self.network(data, availability, full_output=True)
             else:
                 output = NetworkOutput(self.network(data), {}, {})
+            for name, value in output.extras.get('log', {}).items():
+                self._epoch_log[name].append(value.detach().float())
             return self.compute_loss(output, target, availability)
 
     def _gradient_norm(self, value: torch.Tensor) -> float:
         """``||grad(value)||`` over the network's parameters; the graph is retained for the step's backward."""
-        params = [p for p in self.network.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(value.float(), params, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(value.float(), self.shared_parameters(), retain_graph=True, allow_unused=True)
         return float(torch.sqrt(sum(g.float().square().sum() for g in grads if g is not None)))
 
     def term_gradient_norms(self, terms: Dict[str, torch.Tensor]) -> Dict[str, float]:
-        """``||grad(w_k L_k)||`` over the network's parameters, per weighted term (one backward pass each)."""
+        """``||grad(w_k L_k)||`` over :meth:`shared_parameters`, per weighted term (one backward pass each)."""
         return {k: self._gradient_norm(self.term_weight(k) * v) for k, v in terms.items()
                 if self.term_weight(k) != 0 and v.requires_grad}
 
     def gradient_shares(self, terms: Dict[str, torch.Tensor]) -> Dict[str, float]:
-        """``||grad(w_k L_k)|| / ||grad(sum_k w_k L_k)||`` over the network's parameters, per weighted term.
+        """``||grad(w_k L_k)|| / ||grad(sum_k w_k L_k)||`` over :meth:`shared_parameters`, per weighted term.
 
-        Shows a term that dominates the gradient or vanishes from it. The training step computes the same shares
-        with the total norm that gradient clipping returns, so that it pays one extra backward pass per term, only
-        for the first :attr:`gradient_share_steps` steps.
+        Shows a term that dominates the gradient or vanishes from it. The training step computes the same shares,
+        paying one extra backward pass per term plus one for the total, only for the first
+        :attr:`gradient_share_steps` steps.
         """
         norms = self.term_gradient_norms(terms)
         total = max(self._gradient_norm(sum(self.term_weight(k) * terms[k] for k in norms)), 1e-12)
@@ -217,6 +257,8 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
     # ----------------------------------------------------------------- training loop
     def on_train_epoch_start(self):
         self._epoch_terms.clear()
+        self._epoch_log.clear()
+        self._epoch_clipped.clear()
         self._epoch_subsets.clear()
         super().on_train_epoch_start()
 
@@ -234,22 +276,23 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         loss, terms = self.forward_loss(data, target, availability)
         diagnose = self._gradient_share_steps_done < self.gradient_share_steps and not self.is_ddp
-        term_norms = self.term_gradient_norms(terms) if diagnose else {}
+        shares = self.gradient_shares(terms) if diagnose else {}
 
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            total_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            total_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.gradient_clip_norm)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            total_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            total_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.gradient_clip_norm)
             self.optimizer.step()
+        self._epoch_clipped.append(total_norm.detach() > self.gradient_clip_norm)
         if diagnose:
             self._gradient_share_steps_done += 1
-            for name, norm in term_norms.items():     # clipping returns the norm of the whole, unclipped gradient
-                self._gradient_shares[name].append(norm / max(float(total_norm), 1e-12))
+            for name, share in shares.items():
+                self._gradient_shares[name].append(share)
         for name, value in terms.items():
             self._epoch_terms[name].append(value.detach())
         return {'loss': loss.detach().cpu().numpy()}
@@ -261,6 +304,12 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
                 f'{k} {torch.stack(v).float().mean().item():.4f}'
                 f'{" " + self.loss_term_units[k] if k in self.loss_term_units else ""}'
                 f' x{self.term_weight(k):g}' for k, v in self._epoch_terms.items()))
+        if self._epoch_log:
+            self.print_to_log_file('train figures: ' + ', '.join(
+                f'{k} {torch.stack(v).mean().item():.4g}' for k, v in self._epoch_log.items()))
+        if self._epoch_clipped:
+            self.print_to_log_file(f'gradient norm clipped at {self.gradient_clip_norm:g} in '
+                                   f'{torch.stack(self._epoch_clipped).float().mean().item():.1%} of the steps')
         if self._gradient_shares and not self._gradient_shares_logged:
             self._gradient_shares_logged = True
             self.print_to_log_file(f'share of the gradient norm per weighted term (first '

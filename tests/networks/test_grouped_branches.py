@@ -30,7 +30,7 @@ def reference_fusion_forward(net, x, availability):
         bottleneck.append(full[-1])
     count = availability.sum(1).float().reshape(b, 1, 1, 1, 1)
     skips = [s / count for s in skip_sums]
-    fused, losses = net.fusion(torch.stack(bottleneck, 1), availability, x)
+    fused, losses, _ = net.fusion(torch.stack(bottleneck, 1), availability, x)
     return net.decoder(skips + [fused]), losses
 
 

@@ -2,7 +2,7 @@
 
 Every fusion module is built as ``fusion(num_modalities, channels, block_kwargs, kernel_size, strides=...)``
 (``strides``: the plans' per-stage strides, from the input patch down to the bottleneck) and called as
-``fused, losses = fusion(features, availability, image)`` with
+``fused, losses, log = fusion(features, availability, image)`` with
 
 * ``features``: ``(B, M, C, *spatial)`` bottleneck features of the ``M`` modality encoders, in channel order;
   entries of missing modalities are zero (their encoder outputs are multiplied by the mask) and are excluded by
@@ -10,11 +10,11 @@ Every fusion module is built as ``fusion(num_modalities, channels, block_kwargs,
 * ``availability``: ``(B, M)`` bool, True = present, at least one modality per sample;
 * ``image``: ``(B, M, *patch)`` the network input (missing modalities zero-filled), or ``None``. Only
   SMSN's fusion reads it (its reconstruction loss, Eq. 6, rebuilds the input modalities);
-  the two modules here ignore it (and ``strides``). *Protocol change*: fusions used
-  to be called as ``fusion(features, availability)``; that call still works for fusions that do not need the
-  image (SMSN without reconstruction, or any fusion in eval mode);
+  the two modules here ignore it (and ``strides``); ``fusion(features, availability)`` works for fusions that do
+  not need the image (SMSN without reconstruction, or any fusion in eval mode);
 * ``fused``: ``(B, C, *spatial)`` for the shared decoder; ``losses``: unweighted auxiliary losses (scalars) in
-  training mode, ``{}`` in eval mode; the network returns them as its ``NetworkOutput.losses``.
+  training mode, ``{}`` in eval mode; the network returns them as its ``NetworkOutput.losses``; ``log``: figures
+  that are no loss (scalars, training mode), the network's ``extras['log']``, which the trainer logs per epoch.
 
 Every parameter takes part in every forward pass whatever the mask (missing entries are removed with masks and
 ``torch.where``, not by skipping modules), so DDP with ``find_unused_parameters=False`` works.
@@ -38,7 +38,7 @@ from torch import nn
 from nnunet_missingmod.networks.masking import masked_mean, spatial_view
 from nnunet_missingmod.networks.transformer import ModalityTransformer
 
-#: unweighted auxiliary losses of a fusion module (the network's ``NetworkOutput.losses``)
+#: unweighted auxiliary losses of a fusion module (the network's ``NetworkOutput.losses``), or its logged figures
 Losses = Dict[str, torch.Tensor]
 
 
@@ -57,11 +57,11 @@ class ConcatFusion(nn.Module):
                                          kernel_size=kernel_size, stride=1, **block_kwargs)
 
     def forward(self, features: torch.Tensor, availability: torch.Tensor, image: torch.Tensor | None = None
-                ) -> Tuple[torch.Tensor, Losses]:
+                ) -> Tuple[torch.Tensor, Losses, Losses]:
         b, m = availability.shape
         scale = availability.to(features.dtype) * (m / availability.sum(1, keepdim=True).to(features.dtype))
         stacked = features * spatial_view(scale, features.ndim)
-        return self.block(stacked.flatten(1, 2)), {}
+        return self.block(stacked.flatten(1, 2)), {}, {}
 
 
 class AttentionFusion(nn.Module):
@@ -78,6 +78,6 @@ class AttentionFusion(nn.Module):
                                                mlp_ratio)
 
     def forward(self, features: torch.Tensor, availability: torch.Tensor, image: torch.Tensor | None = None
-                ) -> Tuple[torch.Tensor, Losses]:
-        return masked_mean(self.transformer(features, ~availability), availability), {}
+                ) -> Tuple[torch.Tensor, Losses, Losses]:
+        return masked_mean(self.transformer(features, ~availability), availability), {}, {}
 

@@ -131,11 +131,11 @@ def test_smsn_fusion_uses_the_drawn_order():
     features = torch.randn(1, 4, 8, 2, 2, 2)
     availability = torch.ones(1, 4, dtype=torch.bool)
     fusion.set_order([0, 1, 2, 3])
-    a, _ = fusion(features, availability)
+    a, *_ = fusion(features, availability)
     fusion.set_order([1, 0, 2, 3])
-    b, _ = fusion(features, availability)
+    b, *_ = fusion(features, availability)
     fusion.set_order([0, 1, 3, 2])
-    c, _ = fusion(features, availability)
+    c, *_ = fusion(features, availability)
     assert not torch.allclose(a, b) and not torch.allclose(a, c)
 
 
