@@ -74,7 +74,25 @@ class ReconstructionDecoder(nn.Module):
         return self.layers(latent)
 
 
+#: KL per latent element (nats) above which a latent channel counts as active (its mean over samples and voxels)
+ACTIVE_CHANNEL_NATS = 0.01
+
+
+def latent_figures(kl: torch.Tensor, name: str) -> Losses:
+    """Logged figures of one stage's ``(B, K, *spatial)`` element-wise KL to the prior: ``kl_<name>`` in nats per
+    sample (summed over channels and voxels, mean over samples) and ``active_<name>``, the fraction of the ``K``
+    latent channels whose mean KL per element exceeds :data:`ACTIVE_CHANNEL_NATS` (a channel below it carries
+    almost nothing about the input: the KL to a fixed prior bounds the information from above)."""
+    per_channel = kl.transpose(0, 1).flatten(1).mean(1)
+    return {f'kl_{name}': kl.flatten(1).sum(1).mean(), f'active_{name}': (per_channel > ACTIVE_CHANNEL_NATS).float().mean()}
+
+
 class SMSNFusion(nn.Module):
+    #: information paths a knock-out can remove (:meth:`MissingModalityNetwork.set_knockout`): ``'bottleneck'``
+    #: replaces the fused latent ``z_2`` by the prior mean 0 (``z~_2`` is then the projection's bias),
+    #: ``'specific'`` bypasses the specific-feature module (``x'_i = x_i + z~_2``)
+    KNOCKOUT_PATHS = ('bottleneck', 'specific')
+
     """SMSN's information-bottleneck fusion module (IBFM) + modality-specific feature extraction (the paper's
     Sec. 4; "Table n" below are the paper's tables).
 
@@ -102,7 +120,9 @@ class SMSNFusion(nn.Module):
        ``z`` is
        reparameterised in training and the mean is used in eval mode. ``L_e`` (loss ``'kl'``, Eq. 5) is the sum
        over the two stages of the KL to ``N(0, I)`` in **nats per sample** (summed over all latent dimensions
-       -- channels x voxels -- averaged over the batch, float32), the variational-IB reduction.
+       -- channels x voxels -- averaged over the batch, float32), the variational-IB reduction. Each stage's KL and
+       the fraction of its latent channels that are active (:func:`latent_figures`) are returned as logged
+       figures: a bottleneck whose KL collapses to 0 carries nothing to the decoder.
     3. **Reconstruction** (Eq. 6, loss ``'recon'``): two small decoders (:class:`ReconstructionDecoder`) rebuild the
        *input modalities* at the patch resolution: ``psi_0(z_1)`` the first two modalities of the drawn order,
        ``psi_1(z_2)`` the remaining ``M - 2`` (the equation's ``z_0/z_1`` subscripts are read as the two stage
@@ -148,6 +168,7 @@ class SMSNFusion(nn.Module):
         self.use_reconstruction, self.use_specific, self.use_orthogonality = \
             use_reconstruction, use_specific, use_orthogonality
         self.orthogonality_cosine = orthogonality_cosine
+        self.knocked_out = frozenset()
         self.beta, self.gamma = beta, gamma
         #: generator of the fusion order (the trainer hands its seeded generator to every module with an ``rng``)
         self.rng = np.random.default_rng()
@@ -223,7 +244,7 @@ class SMSNFusion(nn.Module):
         return masked_reconstruction_loss(prediction, image, mask)
 
     def forward(self, features: torch.Tensor, availability: torch.Tensor, image: torch.Tensor | None = None
-                ) -> Tuple[torch.Tensor, Losses]:
+                ) -> Tuple[torch.Tensor, Losses, Losses]:
         b, m, c = features.shape[:3]
         order = self.draw_order(availability)
         rows = torch.arange(b, device=features.device)[:, None]
@@ -231,11 +252,16 @@ class SMSNFusion(nn.Module):
 
         z1, mu1, logvar1 = self._sample(self.stage1, ordered[:, :2].flatten(1, 2))
         z2, mu2, logvar2 = self._sample(self.stage2, torch.cat([z1, ordered[:, 2:].flatten(1, 2)], 1))
+        if 'bottleneck' in self.knocked_out:
+            z2 = torch.zeros_like(z2)                       # the prior mean: the fused latent carries nothing
         common = self.common(z2)
 
         losses: Losses = {}
+        log: Losses = {}
         if self.training:
-            losses['kl'] = gaussian_kl_standard_normal(mu1, logvar1) + gaussian_kl_standard_normal(mu2, logvar2)
+            kl1, kl2 = gaussian_kl_standard_normal(mu1, logvar1, 'none'), gaussian_kl_standard_normal(mu2, logvar2, 'none')
+            losses['kl'] = kl1.flatten(1).sum(1).mean() + kl2.flatten(1).sum(1).mean()
+            log = latent_figures(kl1.detach(), 'stage1') | latent_figures(kl2.detach(), 'stage2')
             if self.use_reconstruction:
                 if image is None:
                     raise ValueError("SMSN's reconstruction loss (Eq. 6) needs the input image: call "
@@ -248,7 +274,7 @@ class SMSNFusion(nn.Module):
                                                                            ordered_mask[:, 2:])
                 losses['recon'] = recon
 
-        if self.use_specific:
+        if self.use_specific and 'specific' not in self.knocked_out:
             maps = torch.cat([features, common[:, None]], 1)
             pad = torch.cat([~availability, availability.new_zeros(b, 1)], 1)
             specific = self.specific(maps, pad)[:, :m]
@@ -257,4 +283,4 @@ class SMSNFusion(nn.Module):
                                                  normalize=self.orthogonality_cosine)
         else:
             specific = features
-        return masked_mean(specific + common[:, None], availability), losses
+        return masked_mean(specific + common[:, None], availability), losses, log

@@ -29,13 +29,14 @@ class nnUNetTrainerSMSN(nnUNetTrainerConcatFusion):
     all terms optimised jointly, no further weights given):
 
     * ``'kl'`` -- ``L_e`` (Eq. 5), KL of both stages' posteriors to ``N(0, I)`` in **nats per sample** (summed
-      over every latent dimension, channels x voxels). Weight ``1e-3``: the paper puts no weight on ``L_e`` in
-      its final loss but derives it from the IB objective ``I(Z; Y) - beta I(X; Z)`` (Eq. 1) through the variational
-      approximation of Alemi et al. ("Deep variational information bottleneck", ICLR 2017), whose KL is summed
-      over the latent dimensions and weighted by a small ``beta`` (1e-3 is their best range). With weight 1 the KL
-      dominates the gradient and collapses the posterior (``z_2`` then carries nothing to the decoder); the first
-      steps at both weights: docs/results/2026-11-26-loss-term-scales.md. At initialisation the Gaussian heads sit
-      at the prior (KL = 0, zero KL gradient).
+      over every latent dimension, channels x voxels), a per-sample term under the base trainer's one scaling rule:
+      it enters divided by the patch's voxels x regions. Weight 1: Eq. 4 weighs the compression terms
+      ``I([x_1, x_2]; z_1)`` and ``I(z_1, [x_3, x_4]; z_2)`` with 1 and the relevance terms with ``beta`` and
+      ``gamma``; the relevance terms are log-likelihoods summed over the voxels of a sample, which nnU-Net's losses
+      and ``L_r`` average instead, so the per-sample KL is averaged by the same count. (A weight on the KL summed
+      per sample next to per-voxel means is, in effect, the voxel count times too strong: the posteriors then sit at
+      the prior and ``z_2`` carries nothing.) Each stage's KL and its fraction of active latent channels are in the
+      training log every epoch. At initialisation the Gaussian heads sit at the prior (KL = 0).
     * ``'recon'`` -- ``L_r`` (Eq. 6) with ``beta = 0.7`` / ``gamma = 0.3`` inside: availability-masked Gaussian
       reconstruction of the *input modalities* by two small decoders, nats per voxel summed over the present
       modalities.
@@ -66,8 +67,10 @@ class nnUNetTrainerSMSN(nnUNetTrainerConcatFusion):
     smsn_reconstruction_channels: int = 8
     #: L_o as the squared cosine (default) instead of the paper's squared dot product, see the class docstring
     smsn_orthogonality_cosine: bool = True
-    #: see the class docstring: KL in nats/sample at the variational-IB weight 1e-3, L_r and L_o as in the paper
-    aux_loss_weights: Dict[str, float] = {'kl': 1e-3, 'recon': 1.0, 'orth': 1.0}
+    #: see the class docstring: Eq. 4's compression weight 1 (the KL per sample scaled by the base trainer's rule),
+    #: L_r and L_o as in the paper
+    aux_loss_weights: Dict[str, float] = {'kl': 1.0, 'recon': 1.0, 'orth': 1.0}
+    per_sample_terms = ('kl',)
     #: units of the terms as reduced by the losses (a subclass with the dot-product L_o must change 'orth')
     loss_term_units: Dict[str, str] = {'kl': 'nats/sample', 'recon': 'nats/voxel',
                                        'orth': 'cos^2/voxel summed over modalities'}

@@ -44,7 +44,9 @@ def test_smsn_defaults_follow_the_paper():
     assert fusion.order_mode == 'random'
     assert (fusion.beta, fusion.gamma) == (0.7, 0.3)                              # Table 5
     assert fusion.stage1[0].out_channels == 16 and fusion.stage2[0].out_channels == 32   # (C, 2C), Table 9
-    assert ft.nnUNetTrainerSMSN.aux_loss_weights == {'kl': 1e-3, 'recon': 1.0, 'orth': 1.0}   # KL: VIB beta
+    # Eq. 4: compression weight 1, the per-sample KL scaled by the voxels x regions of the segmentation mean
+    assert ft.nnUNetTrainerSMSN.aux_loss_weights == {'kl': 1.0, 'recon': 1.0, 'orth': 1.0}
+    assert ft.nnUNetTrainerSMSN.per_sample_terms == ('kl',)
     assert ft.nnUNetTrainerSMSN.loss_term_units['kl'] == 'nats/sample'
     assert fusion.orthogonality_cosine is True          # L_o as squared cosine (measured, see the docstring)
     assert ft.nnUNetTrainerSMSN.loss_term_units['recon'] == 'nats/voxel'

@@ -1,0 +1,70 @@
+"""SMSN's bottleneck in the training log (KL per stage, active channels) and its knock-outs at inference."""
+import pytest
+import torch
+
+from methods.fusion.test_fusion_modules import PATCH, build, masks_of
+from nnunet_missingmod.methods.smsn.fusion import latent_figures
+
+
+def test_latent_figures_by_hand():
+    kl = torch.zeros(2, 3, 2, 2)
+    kl[:, 0] = 0.02            # mean 0.02 per element: active
+    kl[:, 1] = 0.005           # below 0.01 nats: inactive
+    kl[0, 2, 0, 0] = 2.0       # mean over 2 samples x 4 voxels: 0.25, active
+    figures = latent_figures(kl, 'stage1')
+    # per sample: sample 0 = 4 * 0.02 + 4 * 0.005 + 2.0 = 2.1, sample 1 = 0.1; mean 1.1 nats
+    assert float(figures['kl_stage1']) == pytest.approx(1.1)
+    assert float(figures['active_stage1']) == pytest.approx(2 / 3)
+
+
+def test_training_forward_logs_both_stages():
+    net = build('smsn').train()
+    availability = torch.stack(masks_of(4))
+    x = torch.randn(len(availability), 4, *PATCH) * availability[:, :, None, None, None]
+    out = net(x, availability, full_output=True)
+    assert set(out.extras['log']) == {'kl_stage1', 'active_stage1', 'kl_stage2', 'active_stage2'}
+    # the heads start at the prior: KL 0 and no active channel
+    assert all(float(v) == 0 for v in out.extras['log'].values())
+    assert float(out.losses['kl'].detach()) == pytest.approx(0.0)
+
+
+def _perturbed_smsn():
+    net = build('smsn').eval()
+    torch.manual_seed(1)
+    with torch.no_grad():             # move the Gaussian heads off the prior so that z_2 carries something
+        for p in net.fusion.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize('path', ['bottleneck', 'specific'])
+def test_knockout_changes_the_prediction_and_is_undone(path):
+    net = _perturbed_smsn()
+    x = torch.randn(2, 4, *PATCH)
+    availability = torch.ones(2, 4, dtype=torch.bool)
+    with torch.no_grad():
+        reference = net(x, availability)[0]
+        net.set_knockout([path])
+        knocked = net(x, availability)[0]
+        net.set_knockout(())
+        restored = net(x, availability)[0]
+    assert (knocked - reference).abs().max() > 1e-4
+    assert torch.equal(restored, reference)
+
+
+def test_bottleneck_knockout_uses_the_prior_mean():
+    net = _perturbed_smsn()
+    seen = []
+    net.fusion.common.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    net.set_knockout(['bottleneck'])
+    with torch.no_grad():
+        net(torch.randn(1, 4, *PATCH), torch.ones(1, 4, dtype=torch.bool))
+    assert torch.count_nonzero(seen[0]) == 0
+
+
+def test_unknown_knockout_is_refused_with_the_paths_the_network_has():
+    with pytest.raises(ValueError, match='has no information path messages to knock out \\(it has: bottleneck, '
+                                         'specific\\)'):
+        build('smsn').set_knockout(['messages'])
+    with pytest.raises(ValueError, match='has no information path bottleneck to knock out \\(it has: none\\)'):
+        build('concat').set_knockout(['bottleneck'])
