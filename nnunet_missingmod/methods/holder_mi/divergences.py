@@ -11,27 +11,25 @@ pseudo-divergence (HPD, Definition 1 / Eq. 2) between two *densities* ``p`` and 
 ``alpha = 1.1`` by default (Table VIII). By Hölder's inequality ``D >= 0``, with equality iff ``p^alpha`` is
 proportional to ``q^beta`` (a *pseudo*-divergence). ``D`` is invariant to rescaling ``p`` or ``q``.
 
-**Which distributions (the default, ``domain='image'``).** Eq. 1 writes the loss as a voxel mean of
-``D(sigma(S^p_dhw) | sigma(S^l_dhw))``, which read literally is a divergence between two Bernoulli distributions
-per voxel. Against a hard label that is ``-log p_y + log ||(p, 1-p)||_alpha``, numerically close to BCE for
-alpha = 1.1 in value and gradient (docs/results/2026-11-26-loss-term-scales.md): a second BCE, nothing of its own.
-The authors' code (``Lboy11/Brain-Tumor-Segmentation``, ``utils/loss.py``, ``DiceCoef``) does something else: per
-class it takes the sigmoid probability map and the label map, turns each into a distribution over the image with
-a softmax along a spatial axis, and sums over the whole patch. That is Definition 1 with ``Omega`` the image. We
-implement it so: per sample and per class (sigmoid region or softmax class, background excluded in softmax mode)
-the densities are
+**Which distributions.** Definition 1 compares densities on a domain ``Omega``; the paper and its authors' code
+choose three different domains, :data:`DOMAINS`:
 
-    p(v) = softmax_{v in Omega}( P(v) ),   q(v) = softmax_{v in Omega}( Y(v) )
+* ``'voxel'`` (default): Eq. 1 as printed, a mean over voxels of ``D(sigma(S^p_dhw) | sigma(S^l_dhw))``, i.e. per
+  voxel and region the divergence between the predicted and the label's Bernoulli distribution ``(p, 1 - p)``
+  (the categorical distribution over classes for softmax labels). Against a hard label it is
+  ``-log p_y + log ||(p, 1 - p)||_alpha``: zero exactly at a perfect prediction, with a cross-entropy-like
+  gradient that the Dice-only segmentation term (Eq. 6) does not have.
+* ``'image'``: per sample and class, the probability map and the label map each turned into a density over all
+  voxels of the patch by a softmax. Both are softmaxes of values in [0, 1], so their contrast is at most e : 1,
+  while ``D = 0`` needs ``p^alpha`` proportional to ``q^beta``, a log-contrast of ``beta / alpha`` (about 10 at
+  alpha = 1.1): the term cannot reach zero, and for a small tumour a perfect prediction lowers it by about a tenth
+  of its value at a uniform prediction.
+* ``'axis'``: the authors' code (``Lboy11/Brain-Tumor-Segmentation``, ``utils/loss.py``, ``DiceCoef``): the same
+  softmax along the first spatial axis only, averaged over the other positions; it floors the same way.
 
-over *all* voxels ``v`` of the patch (the authors normalise along one axis, the depth, and then sum over the
-rest; normalising over the whole domain is the reading of Definition 1 that does not depend on the orientation of
-the patch), and ``D`` is taken over ``Omega``. The softmax keeps both densities strictly positive (so empty labels
-and background patches stay finite) and makes ``D`` compare the *shape* of the prediction with the label's over the
-image; it is blind to a constant added to ``P``, which the Dice term of the total loss fixes. Voxels excluded by a
-mask (nnU-Net's ignore label) are set to 0 in both maps before the softmax: they get no gradient.
-
-``domain='voxel'`` keeps the literal per-voxel reading of Eq. 1 (Bernoulli pair per region, or the categorical
-distribution over classes) as a named option.
+The default is the one reading that can reach zero; that it falls in training is checked in the training log
+(the results pages under docs/results/ record the measurement). Voxels excluded by a mask (nnU-Net's ignore label)
+get no gradient in every domain.
 
 Alternatives of Table IV are selectable by name (:data:`DIVERGENCES`): total variation, squared Hellinger, KL,
 Neyman chi^2, Jensen-Shannon (in the same domain as the Hölder divergence), and the two standard losses MSE and BCE
@@ -124,7 +122,7 @@ def get_divergence(name: str) -> Callable[..., torch.Tensor]:
 VOXEL_LOSSES = ('mse', 'bce')
 
 #: where the distributions compared by a divergence live, see the module docstring
-DOMAINS = ('image', 'voxel')
+DOMAINS = ('voxel', 'image', 'axis')
 
 
 def check_loss_name(name: str, domain: str = 'image') -> None:
@@ -161,14 +159,16 @@ def divergence_map(logits: torch.Tensor, target: torch.Tensor, mode: str, name: 
 
 
 def image_divergence(logits: torch.Tensor, target: torch.Tensor, mode: str, name: str = 'holder',
-                     alpha: float = 1.1, dim: int = 1, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     alpha: float = 1.1, dim: int = 1, mask: Optional[torch.Tensor] = None,
+                     domain: str = 'image') -> torch.Tensor:
     """Divergence between the predicted and the label density *over the image* (``domain='image'``, default).
 
     ``logits`` (..., K, *spatial) with the class axis at ``dim`` (everything after it is spatial); ``target`` the
     region / one-hot label map of the same shape (fewer leading dims are broadcast). Per class the probability map
     (sigmoid, or softmax over classes) and the label map are each turned into a density over all voxels by a
     spatial softmax, and the divergence is taken over the voxels. Returns (..., K) for ``'sigmoid'`` and
-    (..., K - 1) for ``'softmax'`` (background excluded). ``mask`` (1 = use; broadcastable to ``logits`` without the
+    (..., K - 1) for ``'softmax'`` (background excluded). ``domain='axis'`` is the authors' code: the softmax and
+    the divergence run along the first spatial axis only, averaged over the other spatial positions. ``mask`` (1 = use; broadcastable to ``logits`` without the
     class axis kept as size 1) zeroes excluded voxels in both maps before the softmax.
     """
     fn = get_divergence(name)
@@ -186,6 +186,9 @@ def image_divergence(logits: torch.Tensor, target: torch.Tensor, mode: str, name
         probabilities = torch.where(keep, probabilities, 0.0)
         target = torch.where(keep, target, 0.0)
     probabilities, target = torch.broadcast_tensors(probabilities, target)
+    if domain == 'axis':
+        log_p, log_q = F.log_softmax(probabilities, dim + 1), F.log_softmax(target, dim + 1)
+        return fn(log_p, log_q, dim=dim + 1, **kwargs).flatten(dim + 1).mean(-1)
     log_p = F.log_softmax(probabilities.flatten(dim + 1), -1)
     log_q = F.log_softmax(target.flatten(dim + 1), -1)
     return fn(log_p, log_q, dim=-1, **kwargs)
@@ -211,8 +214,8 @@ def divergence_loss(logits: torch.Tensor, target: torch.Tensor, mode: str, name:
                     domain: str = 'image') -> torch.Tensor:
     """``L_HD`` (Eq. 1) or a Table IV alternative, averaged to a scalar.
 
-    ``domain='image'``: mean over samples and classes of :func:`image_divergence`; ``'voxel'``: mean over voxels
-    (and regions) of :func:`divergence_map`. ``'mse'``/``'bce'`` are per-voxel losses whatever the domain.
+    ``domain='voxel'``: mean over voxels (and regions) of :func:`divergence_map`; ``'image'`` / ``'axis'``: mean over
+    samples and classes (and, for ``'axis'``, positions) of :func:`image_divergence`. ``'mse'``/``'bce'`` are per-voxel losses whatever the domain.
     ``mask`` (1 = use) is broadcastable to the logits without the class axis (kept as size 1 at ``dim``).
     """
     check_loss_name(name, domain)
@@ -226,7 +229,7 @@ def divergence_loss(logits: torch.Tensor, target: torch.Tensor, mode: str, name:
             mask = mask.squeeze(dim - logits.ndim + mask.ndim)
         mask = torch.broadcast_to(mask.to(values.dtype), values.shape)
         return (values * mask).sum() / mask.sum().clamp(min=1.0)
-    return image_divergence(logits, target, mode, name, alpha, dim, mask).mean()
+    return image_divergence(logits, target, mode, name, alpha, dim, mask, domain).mean()
 
 
 def _check_mode(mode: str) -> None:

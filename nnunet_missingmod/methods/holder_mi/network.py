@@ -34,11 +34,12 @@ mask, the extras
   average over subsets (0 for the codes a batch without a complete sample does not use);
 * ``'features'``: the per-pair encoder features of the MI levels (N, C_k, *spatial) and
   ``'pair_index'`` (N, 2) (sample, modality) of each pair;
+* ``'log'`` (with the MI module): the figures of :class:`VariationalMILoss` for the training log;
 
 and the loss
 
-* ``'mi'``: the unweighted L_MI (Eq. 4-5) between ``d_f`` (mean over the sample's available modalities) and
-  ``d_m`` (mean over the subset), averaged over all training subsets (the full set included, as in Algorithm 1),
+* ``'mi'``: the unweighted L_MI (Eq. 4-5, nats per sample) between ``d_f`` (mean over the sample's available
+  modalities, the target) and ``d_m`` (mean over the subset), averaged over all training subsets (the full set included, as in Algorithm 1),
   when the network was built with an MI module. By default (``mi_num_levels = 1``) the features are the
   deepest encoder stage, the "deep feature" of the paper and the bottleneck ``c5d`` the authors' code uses.
 """
@@ -206,5 +207,9 @@ class SharedBackboneNetwork(MissingModalityNetwork):
         if self.mi is not None:
             d_full = [combine_pairs(f, pair_index, full)[0] for f in features]      # (B, C, ...): teacher
             d_missing = [combine_pairs(f, pair_index, subsets) for f in features]  # (S, B, C, ...): students
-            losses['mi'] = self.mi(d_full, d_missing, weights[:, None].expand(-1, B))
+            losses['mi'], extras['log'] = self.mi(d_full, d_missing, weights[:, None].expand(-1, B))
         return NetworkOutput(seg, losses, extras)
+
+    def auxiliary_head_parameters(self):
+        """The MI heads (``mu_k``, ``sigma``): trained by ``L_MI`` alone, left out of the gradient shares."""
+        return list(self.mi.parameters()) if self.mi is not None else []

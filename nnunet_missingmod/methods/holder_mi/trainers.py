@@ -15,11 +15,16 @@ level plus the loss evaluations; ``subsets_per_step`` limits the number of subse
   ``batch_dice``) *without* nnU-Net's BCE/CE: with BCE inside the segmentation term, the Table IV row "BCE" and the
   Table V rows would not be what they say. The denominator is ``sum p + sum y`` as in the authors' code (Eq. 6
   prints squares). ``holder_segmentation_loss = 'dice_bce'`` restores nnU-Net's compound loss.
-* ``L_HD`` (Eq. 1-2) compares, per class, the prediction's and the label's densities *over the image*
-  (:mod:`nnunet_missingmod.methods.holder_mi.divergences`; ``holder_divergence_domain = 'voxel'`` gives the per-voxel reading), at
-  every deep-supervision level with nnU-Net's deep-supervision weights.
+* ``L_HD`` (Eq. 1-2) is, by default, the printed Eq. 1: a mean over voxels of the Hölder divergence between the
+  predicted and the label's Bernoulli distribution per region (:mod:`nnunet_missingmod.methods.holder_mi.divergences`
+  says why; ``holder_divergence_domain`` selects the other readings), at every deep-supervision level with nnU-Net's
+  deep-supervision weights.
 * ``L_MI`` (Eq. 4-5) is computed inside the network (it owns the MI heads, so DDP sees all parameters in forward),
-  on the deepest encoder stage by default, gradients into both sides, as in the authors' code.
+  on the deepest encoder stage by default, against the standardised, detached full-set features
+  (:mod:`nnunet_missingmod.methods.holder_mi.mutual_information`: a bound that rescaling cannot meet), in nats per
+  sample and scaled by the base trainer's one rule for per-sample terms. ``std_c(d_f)``, ``sigma_c`` and the
+  unexplained variance fraction ``rho`` are in the training log every epoch; the gradient shares leave the MI
+  heads out (they only receive ``L_MI``).
 * ``lambda_1 = aux_loss_weights['mi']``, ``lambda_2 = aux_loss_weights['hd']``: the paper gives no values; the
   authors' code adds both terms with weight 1.
 
@@ -28,7 +33,7 @@ off, because Algorithm 1 trains on the full modality set and *simulates* every m
 enumeration (the full set then serves as the MI teacher ``d_f``). Real missing channels (all-zero files) are still
 honoured; switch ``modality_dropout`` on to let the teacher be a random subset, too.
 
-Logged terms (unweighted, averaged over subsets): ``seg`` (Dice), ``mi`` (nats per feature element, up to Eq. 5's
+Logged terms (unweighted, averaged over subsets): ``seg`` (Dice), ``mi`` (nats per sample, up to Eq. 5's
 constant), ``hd``.
 """
 from __future__ import annotations
@@ -75,7 +80,8 @@ class nnUNetTrainerHolderMI(nnUNetTrainerMissingModality):
 
     #: lambda_1 (``'mi'``) and lambda_2 (``'hd'``); weight 0 removes a term (and, for ``'mi'``, the MI heads)
     aux_loss_weights: Dict[str, float] = {'mi': 1.0, 'hd': 1.0}
-    loss_term_units: Dict[str, str] = {'mi': 'nats/element'}
+    loss_term_units: Dict[str, str] = {'mi': 'nats/sample'}
+    per_sample_terms = ('mi',)
     #: 'dice' (Eq. 6) or 'dice_bce' (nnU-Net's compound loss)
     holder_segmentation_loss: str = 'dice'
     #: gamma0 of gamma_k = gamma0 * k (k = 1..K over the used levels, shallowest first)
@@ -86,8 +92,9 @@ class nnUNetTrainerHolderMI(nnUNetTrainerMissingModality):
     holder_alpha: float = 1.1
     #: divergence of L_HD (Table IV): see nnunet_missingmod.methods.holder_mi.divergences (DIVERGENCES, VOXEL_LOSSES)
     holder_divergence: str = 'holder'
-    #: 'image' (densities over the image, the authors' code) or 'voxel' (literal per-voxel reading of Eq. 1)
-    holder_divergence_domain: str = 'image'
+    #: 'voxel' (Eq. 1 as printed: a mean over voxels), 'image' (densities over the patch) or 'axis' (the authors'
+    #: code: densities along the first spatial axis); see the module docstring for why 'voxel' is the default
+    holder_divergence_domain: str = 'voxel'
     #: subsets per step: None = all 2^k - 1 subsets of the k available modalities (Algorithm 1), n = n random ones
     holder_subsets_per_step: Optional[int] = None
     #: multiplies every width of the plans' backbone (the M backbone passes cost about M * width_factor^2 of FLOPs)
@@ -246,10 +253,15 @@ class nnUNetTrainerHolderMI_BCE(nnUNetTrainerHolderMI):
     holder_divergence = 'bce'
 
 
-class nnUNetTrainerHolderMI_voxelwise(nnUNetTrainerHolderMI):
-    """Option: the Hölder divergence of Eq. 1 read literally, between two Bernoulli distributions per voxel
-    (numerically close to BCE against hard labels, see nnunet_missingmod.methods.holder_mi.divergences)."""
-    holder_divergence_domain = 'voxel'
+class nnUNetTrainerHolderMI_imageDensity(nnUNetTrainerHolderMI):
+    """Option: L_HD between the prediction's and the label's densities over the whole patch (Definition 1 with
+    Omega the image); it cannot fall much below its value for a uniform prediction."""
+    holder_divergence_domain = 'image'
+
+
+class nnUNetTrainerHolderMI_axisDensity(nnUNetTrainerHolderMI):
+    """Option: the authors' code (``utils/loss.py``, ``DiceCoef``): densities along the first spatial axis."""
+    holder_divergence_domain = 'axis'
 
 
 # ---------------------------------------------------------------------- Table VIII exponents

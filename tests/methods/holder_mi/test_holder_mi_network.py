@@ -137,17 +137,16 @@ def test_build_network_architecture_is_a_classmethod_with_nnunet_signature():
     assert budget.subsets_per_step == hm.nnUNetTrainerHolderMI_budget.holder_subsets_per_step
 
 
-def numpy_image_holder(logits: np.ndarray, labels: np.ndarray, alpha: float = 1.1) -> float:
-    """Mean over samples and regions of Eq. 2 between softmax_voxels(sigmoid(logits)) and softmax_voxels(labels)."""
+def numpy_voxel_holder(logits: np.ndarray, labels: np.ndarray, alpha: float = 1.1) -> float:
+    """Eq. 1 as printed: mean over samples, regions and voxels of Eq. 2 between the Bernoulli pairs (p, 1 - p) and
+    (y, 1 - y), the label's zeros clamped at 1e-7 as the loss does."""
     beta = alpha / (alpha - 1)
-    values = []
-    for b in range(logits.shape[0]):
-        for r in range(logits.shape[1]):
-            p = np.exp(1 / (1 + np.exp(-logits[b, r].ravel())))
-            q = np.exp(labels[b, r].ravel())
-            p, q = p / p.sum(), q / q.sum()
-            values.append(-np.log((p * q).sum() / ((p ** alpha).sum() ** (1 / alpha) * (q ** beta).sum() ** (1 / beta))))
-    return float(np.mean(values))
+    prob = 1 / (1 + np.exp(-logits))
+    p = np.stack([prob, 1 - prob], -1)
+    q = np.clip(np.stack([labels, 1 - labels], -1), 1e-7, None)
+    inner = (p * q).sum(-1)
+    norms = (p ** alpha).sum(-1) ** (1 / alpha) * (q ** beta).sum(-1) ** (1 / beta)
+    return float(np.mean(-np.log(inner / norms)))
 
 
 def numpy_soft_dice(logits: np.ndarray, labels: np.ndarray, smooth: float = 1e-5) -> float:
@@ -162,7 +161,8 @@ def numpy_soft_dice(logits: np.ndarray, labels: np.ndarray, smooth: float = 1e-5
                                  hm.nnUNetTrainerHolderMI_DiceOnly])
 def test_total_loss_is_eq_7_over_all_subsets(cls, tmp_path):
     """Algorithm 1 / Eq. 7 against an independent numpy computation: plain soft Dice (no BCE) + lambda_1 L_MI +
-    lambda_2 L_HD (densities over the image), averaged over the 15 subsets, deep supervision weights 2/3, 1/3, 0."""
+    lambda_2 L_HD (per voxel, the default), averaged over the 15 subsets, deep supervision weights 2/3, 1/3, 0;
+    L_MI is a per-sample term, scaled by 1 / (voxels x regions) of the patch."""
     trainer = make_trainer(cls, tmp_path, small_plans(features=(4, 8, 16, 32)))
     x = torch.randn(2, M, 16, 16, 16)
     availability = masks([1, 1, 1, 1], [1, 1, 1, 1])
@@ -177,10 +177,10 @@ def test_total_loss_is_eq_7_over_all_subsets(cls, tmp_path):
     weights = (2 / 3, 1 / 3, 0.0)
     dice = np.mean([sum(w * numpy_soft_dice(o[s], y) for w, o, y in zip(weights, outs, labels)) for s in range(15)])
     assert values['seg'] == pytest.approx(dice, rel=1e-4)
-    expected = dice + cls.aux_loss_weights['mi'] * values.get('mi', 0.0)
+    expected = dice + cls.aux_loss_weights['mi'] / (16 ** 3 * 3) * values.get('mi', 0.0)
     assert ('mi' in terms) == (cls.aux_loss_weights['mi'] > 0)
     if cls.aux_loss_weights['hd'] > 0:
-        hd = np.mean([sum(w * numpy_image_holder(o[s], y) for w, o, y in zip(weights[:2], outs, labels))
+        hd = np.mean([sum(w * numpy_voxel_holder(o[s], y) for w, o, y in zip(weights[:2], outs, labels))
                       for s in range(15)])
         assert values['hd'] == pytest.approx(hd, rel=1e-4)
         expected += cls.aux_loss_weights['hd'] * hd
