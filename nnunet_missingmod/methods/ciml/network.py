@@ -96,20 +96,24 @@ ABSENT_LOGIT = -20.0
 def resolve_task_map(task_map: Optional[Mapping[str, Sequence[str]]], dataset_json: dict) -> List[List[int]]:
     """Names -> indices: ``result[m]`` = sorted region channels of modality ``m``'s segmentor.
 
-    ``task_map=None`` means the paper's BraTS map when the data set has those modalities and regions, otherwise
-    every modality predicting every region. An explicit map is strict: unknown modality or region names raise
-    ValueError, as does a region that no modality predicts. Modalities not in the map get an empty task (their
+    ``task_map=None`` means the paper's BraTS map (Table 6's best row, :data:`BRATS_TASK_MAP`); ``'all'`` makes
+    every modality's segmentor predict every region. A map is strict: a modality or region name that dataset.json
+    does not have is a ValueError naming it (the default map on a data set without BraTS's names too: choose a map
+    or ``'all'``), as is a region that no modality predicts. Modalities not in the map get an empty task (their
     segmentor only sends messages and trains fallback heads).
     """
     num_modalities = len(modality_names(dataset_json))
     num_regions = len(region_names(dataset_json))
     if num_regions == 0:
         raise ValueError("dataset.json has no foreground region: nothing for CIML to segment")
+    if task_map == 'all':
+        return [list(range(num_regions)) for _ in range(num_modalities)]
     if task_map is None:
         try:
             return resolve_task_map(BRATS_TASK_MAP, dataset_json)
-        except ValueError:
-            return [list(range(num_regions)) for _ in range(num_modalities)]
+        except ValueError as error:
+            raise ValueError(f"the default CIML task map {BRATS_TASK_MAP} does not fit this data set ({error}): set "
+                             f"ciml_task_map to a map of its modality and region names, or to 'all'") from None
     resolved: List[List[int]] = [[] for _ in range(num_modalities)]
     for modality, regions in task_map.items():
         if isinstance(regions, str):
@@ -169,6 +173,7 @@ class CIMLNetwork(MissingModalityNetwork):
             raise ValueError(f"unknown CIML message fusion {message_fusion!r}; choose one of {MESSAGE_FUSIONS}")
         num_modalities = len(segmentors)
         self.task_map = check_task_map(task_map, num_modalities, num_regions)
+        self.knocked_out = frozenset()
         self.num_modalities = num_modalities
         self.num_regions = num_regions
         self.message_fusion = message_fusion
@@ -236,7 +241,7 @@ class CIMLNetwork(MissingModalityNetwork):
         mask = avail[:, self.others]                                                        # (B, M, M - 1)
         for s in range(last + 1):
             if len(self.cigs):
-                messages = levels[-(s + 1)].unflatten(1, (num, -1))[:, self.others]        # (B, M, M - 1, C, ...)
+                messages = self._messages(levels[-(s + 1)].unflatten(1, (num, -1))[:, self.others])  # (B, M, M-1, C..)
                 lres = run_gates([gates[s] for gates in self.cigs], lres.unflatten(1, (num, -1)), messages,
                                  mask).flatten(1, 2)
             up = grouped_forward([d.transpconvs[s] for d in decoders], lres).unflatten(1, (num, -1))
@@ -255,9 +260,16 @@ class CIMLNetwork(MissingModalityNetwork):
             cigs, mask = self.cigs[m], avail[:, self.others[m]]
 
             def gate(s: int, local: torch.Tensor) -> torch.Tensor:
-                return cigs[s](local, [skips[j][-(s + 1)] for j in others], mask)
+                return cigs[s](local, [self._messages(skips[j][-(s + 1)]) for j in others], mask)
         out = self.segmentors[m].decoder(skips[m], gate)
         return out if isinstance(out, list) else [out]
+
+    def knockout_paths(self):
+        """``'messages'``: every message zeroed before the gates (networks with gates only)."""
+        return ('messages',) if len(self.cigs) else ()
+
+    def _messages(self, messages: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(messages) if 'messages' in self.knocked_out else messages
 
     def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor) -> NetworkOutput:
         avail = availability.to(x.dtype)
@@ -271,21 +283,27 @@ class CIMLNetwork(MissingModalityNetwork):
             fused.append((stacked * w).sum(1) + absent.reshape(absent.shape + (1,) * (x.ndim - 2)))
         losses, extras = {}, {'segmentor_outputs': per_segmentor, 'combination_weights': weights}
         if self.training and self.message_fusion in ('vi', 'attention_vi') and len(self.cigs):
-            losses['kl'], extras['kl_nats_per_sample'] = self._kl(avail, x.shape[2:].numel())
+            losses['kl'], extras['kl_nats_per_sample'], extras['log'] = self._kl(avail, x.shape[2:].numel())
         seg = fused if self.deep_supervision else fused[0]
         return NetworkOutput(seg, losses, extras)
 
     def _kl(self, avail: torch.Tensor, num_voxels: int):
-        """(loss term, nats per sample) of the last forward's gates, summed over segmentors (module docstring)."""
-        term, nats = 0.0, 0.0
+        """(loss term, nats per sample, logged figures) of the last forward's gates, summed over segmentors (module
+        docstring). The figures are each gate's KL in nats per sample, ``kl_seg<m>_gate<s>`` (segmentor ``m``,
+        decoder stage ``s``, 0 = the bottleneck), over the samples where segmentor ``m`` is present."""
+        term, nats, figures = 0.0, 0.0, {}
         for m in range(self.num_modalities):
-            per_sample = sum(cig.kl_per_sample(avail[:, self.others[m]]) for cig in self.cigs[m])  # (B,) float32
             receiver = avail[:, m].float()
-            kl_m = (per_sample * receiver).sum() / receiver.sum().clamp_min(1.0)
+            count = receiver.sum().clamp_min(1.0)
+            kl_m = 0.0
+            for s, cig in enumerate(self.cigs[m]):
+                gate = (cig.kl_per_sample(avail[:, self.others[m]]) * receiver).sum() / count   # float32
+                figures[f'kl_seg{m}_gate{s}'] = gate.detach()
+                kl_m = kl_m + gate
             elements = num_voxels * (len(self.task_map[m]) or self.num_regions)
             term = term + kl_m / elements
             nats = nats + kl_m
-        return term, nats
+        return term, nats, figures
 
     # ------------------------------------------------------------------------------- construction
     @classmethod

@@ -29,7 +29,7 @@ dataset.json, by ``nnUNetv2_predict`` -- reads it back from ``configuration_mana
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -39,6 +39,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunet_missingmod.methods.ciml.losses import SegmentorRegionLoss
 from nnunet_missingmod.methods.ciml.network import CIMLNetwork, resolve_task_map
 from nnunet_missingmod.networks.outputs import NetworkOutput
+from nnunet_missingmod.regions import region_names
 from nnunet_missingmod.training.missing_modality_trainer import nnUNetTrainerMissingModality
 
 #: key of the resolved task map in the plans configuration
@@ -50,7 +51,9 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
 
     #: modality name -> region names (dataset label names or WT/TC/ET). ``None``: the paper's BraTS map
     #: (FLAIR->WT, T1->TC, T2->WT+TC, T1ce->TC+ET) when the data set has those names, else all -> all.
-    ciml_task_map: Optional[Mapping[str, Sequence[str]]] = None
+    #: modality name -> region names of its segmentor; None: the BraTS map of Table 6 (an error on data sets without
+    #: those names); 'all': every segmentor predicts every region
+    ciml_task_map: Optional[Union[str, Mapping[str, Sequence[str]]]] = None
     #: Table 5 variant of the message fusion in the gates: 'none' | 'plain' | 'attention' | 'vi' | 'attention_vi'
     ciml_message_fusion: str = 'attention_vi'
     #: feature widths of each segmentor relative to the plans' U-Net (compute budget, see docs/compute.md); the same
@@ -95,6 +98,10 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
         weights = self.loss.weight_factors if isinstance(self.loss, DeepSupervisionWrapper) else None
         self.segmentor_loss = SegmentorRegionLoss(self.configuration_manager.batch_dice, self.is_ddp, weights,
                                                   has_ignore_label=self.label_manager.has_ignore_label)
+        regions = region_names(self.dataset_json)
+        self.print_to_log_file('CIML task map: ' + ', '.join(
+            f"{name} -> {'+'.join(regions[r] for r in task) or 'messages only'}"
+            for name, task in zip(self.modality_names, self.ciml_resolved_task_map)))
 
     def segmentation_terms(self, output: NetworkOutput, target, availability: torch.Tensor
                            ) -> Dict[str, torch.Tensor]:
@@ -159,6 +166,12 @@ class nnUNetTrainerCIML_TaskMap3(nnUNetTrainerCIML):
 class nnUNetTrainerCIML_TaskMap4(nnUNetTrainerCIML):
     """Table 6 row 4: FLAIR->WT, T1->WT+TC, T2->WT+TC, T1ce->TC+ET."""
     ciml_task_map = {'FLAIR': ('WT',), 'T1': ('WT', 'TC'), 'T2': ('WT', 'TC'), 'T1ce': ('TC', 'ET')}
+
+
+class nnUNetTrainerCIML_TaskMapText(nnUNetTrainerCIML):
+    """The map of the paper's Sec. 3.1 text: FLAIR->WT, T1->TC+ET, T2->WT+TC, T1ce->TC+ET (its Table 6 and Sec. 4
+    give T1 -> TC alone, the default): without T1ce, ET then still has a primary segmentor."""
+    ciml_task_map = {'FLAIR': ('WT',), 'T1': ('TC', 'ET'), 'T2': ('WT', 'TC'), 'T1ce': ('TC', 'ET')}
 
 
 

@@ -228,10 +228,12 @@ def test_default_task_map_resolves_brats_names():
     assert resolve_task_map(own_names, BRATS_JSON) == [[], [1, 2], [], [0]]
 
 
-def test_default_task_map_without_brats_names_is_all_to_all():
+def test_all_to_all_task_map_is_asked_for_by_name():
+    """A data set without BraTS's names gets every region from every segmentor when asked with 'all' (the default
+    map on it is an error: tests/methods/ciml/test_ciml_mechanism.py)."""
     other = {'channel_names': {'0': 'CT', '1': 'PET'}, 'labels': {'background': 0, 'lesion': [1], 'core': 2},
              'regions_class_order': [1, 2]}
-    assert resolve_task_map(None, other) == [[0, 1], [0, 1]]
+    assert resolve_task_map('all', other) == [[0, 1], [0, 1]]
 
 
 @pytest.mark.parametrize('task_map, message', [
