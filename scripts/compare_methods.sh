@@ -42,7 +42,7 @@ make_set $METS_ID "SynthMetsTest$SEED" $((SEED + 200)) metastasis "$N_TEST"
 if [ ! -f "$nnUNet_preprocessed/Dataset${TRAIN_ID}_SynthGlioma$SEED/nnUNetPlans.json" ]; then
     nnUNetv2_plan_and_preprocess -d $TRAIN_ID -c 3d_fullres -np 2
 fi
-nnUNetv2_mm_small_config -d $TRAIN_ID -c $CONFIG --patch 32 32 32 --features 8 16 32 --batch-size 2 \
+nnUNetv2_mm_small_config -d $TRAIN_ID -c $CONFIG --patch 32 32 32 --features 8 16 32 --batch-size 2 --overwrite \
     --epochs 5 --iterations 250 --val-iterations 5
 
 for tr in $TRAINERS; do
