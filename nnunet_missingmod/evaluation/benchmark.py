@@ -24,7 +24,8 @@ the raw images in ``$nnUNet_raw/DatasetXXX/imagesTr``). Works with any trainer, 
 included (its network just sees zero-filled channels).
 
 Outputs in ``-o``: ``per_case.csv``, ``summary.json``, ``table_dice.md/.tex``, ``table_hd95.md/.tex``,
-``heatmap_dice.png``, ``dice_vs_missing.png`` (see :func:`nnunet_missingmod.evaluation.tables.write_reports`),
+``heatmap_dice.png``, ``dice_vs_missing.png``, with every subset ``table_shapley.md`` (see
+:func:`nnunet_missingmod.evaluation.tables.write_reports`),
 with ``--lesionwise`` also ``table_lesiondice.md/.tex``, ``table_lesionhd95.md/.tex`` and ``table_lesionwise.md``
 and, with ``--save_predictions``, ``predictions/<subset>/<case><file_ending>``. A non-empty ``-o`` is refused
 unless ``--overwrite``. The outputs are written into a hidden folder next to ``-o`` and replace those of an earlier
@@ -65,16 +66,14 @@ from nnunet_missingmod.evaluation.benchmark_output import (PARTIAL_CSV, PartialR
                                                            staged_outputs)
 from nnunet_missingmod.evaluation.metrics import (HD95_EMPTY_CHOICES, HD95_PENALTY_MM, all_labels_of,
                                                   empty_hd95_value, evaluate_case)
-from nnunet_missingmod.evaluation.tables import write_reports
+from nnunet_missingmod.evaluation.tables import REPORT_NAMES, write_reports
 from nnunet_missingmod.inference.predict import MissingModalityPredictor, add_nnunet_predict_arguments, make_predictor
 from nnunet_missingmod.modalities import (MODALITY_ORDERS, all_subsets, channel_order, modality_names,
                                           parse_subset, subset_name, subset_to_mask)
 from nnunet_missingmod.regions import dataset_regions
 
 #: what the benchmark writes into ``-o`` (``--overwrite`` replaces exactly these, at the end)
-OUTPUT_NAMES = ('per_case.csv', 'summary.json', 'table_dice.md', 'table_dice.tex', 'table_hd95.md', 'table_hd95.tex',
-                'table_lesiondice.md', 'table_lesiondice.tex', 'table_lesionhd95.md', 'table_lesionhd95.tex',
-                'table_lesionwise.md', 'heatmap_dice.png', 'dice_vs_missing.png', 'predictions', PARTIAL_CSV)
+OUTPUT_NAMES = REPORT_NAMES + ('predictions', PARTIAL_CSV)
 
 
 def benchmark_subsets(names: Sequence[str], order: str = 'paper', restrict: Sequence[str] | None = None

@@ -4,8 +4,8 @@
 
 * :func:`check_output_folder`: a non-empty ``-o`` is refused unless ``--overwrite`` (checked before any work);
 * :func:`staged_outputs`: the outputs are written into a new hidden folder next to ``-o``
-  (``.NAME.TAG-XXXXXXXX``); only when the run has finished do they replace the command's own outputs in ``-o``
-  (other files there stay). On an error or Ctrl-C ``-o`` is left as it was and the hidden folder is removed (a
+  (``.NAME.TAG-XXXXXXXX``); only when the run has finished do they move into ``-o``, replacing the command's own
+  outputs there (other files stay). On an error or Ctrl-C ``-o`` is left as it was and the hidden folder is removed (a
   killed process leaves it behind; it holds nothing but that run's outputs);
 * :class:`PartialRows`: the benchmark's ``per_case.csv`` rows appended, case by case, to
   ``-o/per_case.partial.csv`` and flushed to disk, so an interrupted run keeps what it measured (removed when the
@@ -41,9 +41,9 @@ def check_output_folder(folder: str, overwrite: bool, what: str = 'an earlier be
 
 @contextmanager
 def staged_outputs(folder: str, names: Sequence[str], tag: str) -> Iterator[str]:
-    """Yield a new, empty hidden folder next to ``folder`` to write the outputs into; when the block finishes, the
-    outputs ``names`` in ``folder`` are replaced by those written (one there that this run did not write is
-    removed: it is an earlier run's). On any exception, Ctrl-C included, ``folder`` is not touched. The hidden folder
+    """Yield a new, empty hidden folder next to ``folder`` to write the outputs into; when the block finishes,
+    everything written there moves into ``folder`` and an output ``names`` there that this run did not write is
+    removed (it is an earlier run's). On any exception, Ctrl-C included, ``folder`` is not touched. The hidden folder
     is removed either way."""
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
@@ -57,10 +57,12 @@ def staged_outputs(folder: str, names: Sequence[str], tag: str) -> Iterator[str]
 
 
 def replace_outputs(source: str, folder: str, names: Sequence[str]) -> None:
-    """Move the outputs ``names`` from ``source`` into ``folder`` (same file system), replacing those there; an
-    output in ``folder`` that ``source`` lacks is removed. Nothing else in ``folder`` is touched."""
+    """Move everything in ``source`` into ``folder`` (same file system), replacing what is there under the same
+    name; an output ``names`` in ``folder`` that ``source`` lacks is an earlier run's and is removed. Nothing else in
+    ``folder`` is touched."""
+    written = sorted(os.listdir(source))
     old = tempfile.mkdtemp(prefix='.replaced-', dir=source)  # earlier outputs, removed with ``source``
-    for name in names:
+    for name in sorted(set(names) | set(written)):
         target, new = os.path.join(folder, name), os.path.join(source, name)
         if os.path.isdir(target) and not os.path.islink(target):
             os.rename(target, os.path.join(old, name))

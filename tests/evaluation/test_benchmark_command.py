@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -64,6 +65,17 @@ def test_benchmark_writes_every_case_subset_and_region(model, test_set, tmp_path
     predictions = out / 'predictions'
     assert sorted(p.relative_to(predictions).as_posix() for p in predictions.rglob('*.nii.gz')) == \
         [f'{s}/{c}.nii.gz' for s in sorted(SUBSETS) for c in 'ab']
+
+
+def test_every_report_reaches_the_output_folder(model, test_set, tmp_path):
+    """All 15 subsets: every report :func:`write_reports` writes (the Shapley table included) ends up in ``-o``."""
+    from nnunet_missingmod.evaluation.benchmark import main
+    from nnunet_missingmod.evaluation.tables import REPORT_NAMES
+    images, labels = test_set
+    out = tmp_path / 'out'
+    assert main([*model.args(), '-i', str(images), '-l', str(labels), '-o', str(out), '--disable_progress_bar']) == 0
+    assert sorted(os.listdir(out)) == sorted(n for n in REPORT_NAMES if 'lesion' not in n)
+    assert len(rows_of(out / 'per_case.csv')) == 2 * 15 * 3
 
 
 # ----------------------------------------------------------------------------------------------- earlier results
