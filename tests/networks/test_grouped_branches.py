@@ -30,8 +30,8 @@ def reference_fusion_forward(net, x, availability):
         bottleneck.append(full[-1])
     count = availability.sum(1).float().reshape(b, 1, 1, 1, 1)
     skips = [s / count for s in skip_sums]
-    fused, losses, _ = net.fusion(torch.stack(bottleneck, 1), availability, x)
-    return net.decoder(skips + [fused]), losses
+    fused, losses, log = net.fusion(torch.stack(bottleneck, 1), availability, x)
+    return net.decoder(skips + [fused]), losses, log
 
 
 @pytest.mark.parametrize('fusion', sorted(FUSIONS))
@@ -49,12 +49,14 @@ def test_fusion_network_equals_per_modality_loops_on_all_15_masks(fusion, traini
         torch.manual_seed(7)
         net.fusion.rng = np.random.default_rng(7)
         with torch.no_grad():
-            ref_seg, ref_losses = reference_fusion_forward(net, xb, mb)
+            ref_seg, ref_losses, ref_log = reference_fusion_forward(net, xb, mb)
         for a, r in zip(seg, ref_seg):
             torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
-        assert set(losses) == set(ref_losses) and extras == {}
+        assert set(losses) == set(ref_losses) and set(extras) == ({'log'} if ref_log else set())
         for k in losses:
             torch.testing.assert_close(losses[k], ref_losses[k], rtol=1e-4, atol=1e-6)
+        for k in ref_log:
+            torch.testing.assert_close(extras['log'][k], ref_log[k], rtol=1e-4, atol=1e-6)
 
 
 def test_grouped_pass_equals_each_copy_on_its_channels():
@@ -109,8 +111,8 @@ def reference_holder_mi_forward(net, x, availability):
     seg = [mean_over(o, availability) for o in outputs]
     per_subset = [torch.stack([mean_over(o, subset) for subset in subsets]) for o in outputs]
     features = [skips[s] for s in net.mi_stages]
-    mi = net.mi([mean_over(f, availability) for f in features],
-                [torch.stack([mean_over(f, subset) for subset in subsets]) for f in features])
+    mi, _ = net.mi([mean_over(f, availability) for f in features],
+                   [torch.stack([mean_over(f, subset) for subset in subsets]) for f in features])
     return seg, per_subset, mi
 
 
@@ -218,9 +220,10 @@ def test_holder_mi_loss_terms_equal_the_former_loop_over_subsets(availability, t
     outputs = [o[used] for o in extras['subset_outputs']]
     expected_seg = sum(trainer.loss([o[s] for o in outputs], target) for s in range(len(subsets))) / len(subsets)
     label = target[0]                         # regions: the divergence's label is the region target itself
+    domain = trainer.holder_divergence_domain
     expected_hd = divergence_loss(outputs[0].float(), label[None].expand_as(outputs[0]), 'sigmoid', 'holder', 1.1,
-                                  dim=2)
+                                  dim=2, domain=domain)
     expected_hd = trainer.loss.weight_factors[0] * expected_hd + trainer.loss.weight_factors[1] * divergence_loss(
-        outputs[1].float(), target[1][None].expand_as(outputs[1]), 'sigmoid', 'holder', 1.1, dim=2)
+        outputs[1].float(), target[1][None].expand_as(outputs[1]), 'sigmoid', 'holder', 1.1, dim=2, domain=domain)
     torch.testing.assert_close(terms['seg'], expected_seg, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(terms['hd'], expected_hd, rtol=1e-5, atol=1e-6)

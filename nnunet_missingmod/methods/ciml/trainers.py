@@ -49,10 +49,9 @@ TASK_MAP_KEY = 'ciml_task_map'
 class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
     """CIML (full model: message passing + cross-modal attention + variational complementary information)."""
 
-    #: modality name -> region names (dataset label names or WT/TC/ET). ``None``: the paper's BraTS map
-    #: (FLAIR->WT, T1->TC, T2->WT+TC, T1ce->TC+ET) when the data set has those names, else all -> all.
-    #: modality name -> region names of its segmentor; None: the BraTS map of Table 6 (an error on data sets without
-    #: those names); 'all': every segmentor predicts every region
+    #: modality name -> region names of its segmentor (dataset label names or WT/TC/ET). ``None``: the paper's BraTS
+    #: map (FLAIR->WT, T1->TC, T2->WT+TC, T1ce->TC+ET), an error on a data set without those names; ``'all'``: every
+    #: segmentor predicts every region
     ciml_task_map: Optional[Union[str, Mapping[str, Sequence[str]]]] = None
     #: Table 5 variant of the message fusion in the gates: 'none' | 'plain' | 'attention' | 'vi' | 'attention_vi'
     ciml_message_fusion: str = 'attention_vi'

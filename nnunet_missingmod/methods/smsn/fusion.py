@@ -88,11 +88,6 @@ def latent_figures(kl: torch.Tensor, name: str) -> Losses:
 
 
 class SMSNFusion(nn.Module):
-    #: information paths a knock-out can remove (:meth:`MissingModalityNetwork.set_knockout`): ``'bottleneck'``
-    #: replaces the fused latent ``z_2`` by the prior mean 0 (``z~_2`` is then the projection's bias),
-    #: ``'specific'`` bypasses the specific-feature module (``x'_i = x_i + z~_2``)
-    KNOCKOUT_PATHS = ('bottleneck', 'specific')
-
     """SMSN's information-bottleneck fusion module (IBFM) + modality-specific feature extraction (the paper's
     Sec. 4; "Table n" below are the paper's tables).
 
@@ -147,6 +142,11 @@ class SMSNFusion(nn.Module):
     the paper's best (Table 9) is 128 and 256 for 128-channel modality features, i.e. ``(1, 2)``, the default. ``strides`` are the encoder's strides (needed by the reconstruction
     decoders to reach the patch resolution; ``None`` = the image has the bottleneck's resolution).
     """
+
+    #: information paths a knock-out can remove (:meth:`MissingModalityNetwork.set_knockout`): ``'bottleneck'``
+    #: replaces the fused latent ``z_2`` by the prior mean 0 (``z~_2`` is then the projection's bias),
+    #: ``'specific'`` bypasses the specific-feature module (``x'_i = x_i + z~_2``)
+    KNOCKOUT_PATHS = ('bottleneck', 'specific')
 
     def __init__(self, num_modalities: int, channels: int, block_kwargs: dict, kernel_size: Sequence[int],
                  bottleneck_ratios: Tuple[float, float] = (1.0, 2.0), order_mode: str = 'random',

@@ -264,7 +264,8 @@ def test_holder_loss_softmax_labels_with_ignore():
     got = trainer.holder_loss(logits, [labels, labels[..., ::2, ::2, ::2]])
     keep = labels[:, 0] != 3
     onehot = torch.nn.functional.one_hot(torch.where(keep, labels[:, 0], 0), 3).movedim(-1, 1)
-    expected = divergence_loss(logits[0], onehot, 'softmax', 'holder', 1.1, dim=2, mask=keep[:, None])
+    expected = divergence_loss(logits[0], onehot, 'softmax', 'holder', 1.1, dim=2, mask=keep[:, None],
+                               domain=hm.nnUNetTrainerHolderMI.holder_divergence_domain)
     torch.testing.assert_close(got, expected)
 
 
@@ -307,7 +308,9 @@ def test_train_and_predict_with_nnunet(nnunet_dataset, trained_model, tmp_path):
     folder = trained_model(trainer)
     log = next((folder / 'fold_0').glob('training_log_*.txt')).read_text()
     terms = log.split('train loss terms (unweighted): ')[1].splitlines()[0]
-    assert terms.startswith('seg ') and ' mi ' in terms and 'nats/element' in terms and ' hd ' in terms
+    assert terms.startswith('seg ') and ' mi ' in terms and 'nats/sample' in terms and ' hd ' in terms
+    figures = log.split('train figures: ')[1].splitlines()[0]
+    assert all(f'{name} ' in figures for name in ('mi_std_df', 'mi_sigma', 'mi_rho'))
     shares = log.split('share of the gradient norm per weighted term')[1].splitlines()[0]
     assert all(f' {t} ' in shares for t in ('seg', 'mi', 'hd'))
     images = sorted((nnunet_dataset.raw / 'imagesTr').glob('*_0000.nii.gz'))[:1]
