@@ -52,9 +52,8 @@ import torch
 from tqdm import tqdm
 
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-from nnunetv2.paths import nnUNet_raw
 
-from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
+from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name, require_env_path
 from nnunet_missingmod.env import enable_ext_trainers
 from nnunet_missingmod.evaluation import lesionwise
 # the cases (sources, references), re-exported: ``from nnunet_missingmod.evaluation.benchmark import ...`` works
@@ -70,6 +69,7 @@ from nnunet_missingmod.evaluation.tables import REPORT_NAMES, write_reports
 from nnunet_missingmod.inference.predict import MissingModalityPredictor, add_nnunet_predict_arguments, make_predictor
 from nnunet_missingmod.modalities import (MODALITY_ORDERS, all_subsets, channel_order, modality_names,
                                           parse_subset, subset_name, subset_to_mask)
+from nnunet_missingmod.networks.base import MissingModalityNetwork
 from nnunet_missingmod.regions import dataset_regions
 
 #: what the benchmark writes into ``-o`` (``--overwrite`` replaces exactly these, at the end)
@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"also the BraTS 2023+ lesion-wise Dice and HD95 (panoptica; missed and false lesions "
                              f"count as Dice 0 and HD95 {lesionwise.LESIONWISE_HD95_PENALTY_MM:g} mm); needs "
                              f"pip install -e '.[brats]'")
+    parser.add_argument('--knockout', action='append', default=[], metavar='PATH',
+                        help="remove one information path of the network at inference (repeatable): 'bottleneck' "
+                             "or 'specific' (SMSN), 'messages' (CIML); a network without it is refused")
     parser.add_argument('--save_predictions', action='store_true',
                         help='also write every predicted segmentation to OUT/predictions/<subset>/')
     return parser
@@ -246,6 +249,8 @@ def main(argv=None) -> int:
         predictors = [make_predictor(args, [f]) for f in args.f]
     else:
         predictors = [make_predictor(args)]
+    for predictor in predictors:
+        knock_out(predictor, args.knockout)
     dataset_json = predictors[0].dataset_json
     names = modality_names(dataset_json)
     try:
@@ -295,10 +300,9 @@ def checked_jobs(args, predictors: Sequence[MissingModalityPredictor], allowed_l
         references = {k: os.path.join(folder, 'gt_segmentations', k + ending) for k in every_key}
         raw_images = None
         if args.absence == 'raw':
-            if nnUNet_raw is None:
-                raise CommandError("--val --absence raw reads the raw images of the validation cases: set nnUNet_raw "
-                                   "(or use --absence preprocessed)")
-            raw_images = os.path.join(nnUNet_raw, dataset_name(args.d), 'imagesTr')
+            raw = require_env_path('nnUNet_raw', '--val --absence raw reads the raw images of the validation cases '
+                                                 '(or use --absence preprocessed)')
+            raw_images = os.path.join(raw, dataset_name(args.d), 'imagesTr')
             cases = complete_cases(raw_images, dataset_json, every_key)
         shapes = check_references(reader_writer, list(references.values()), allowed_labels)
         if raw_images is None:
@@ -315,11 +319,28 @@ def checked_jobs(args, predictors: Sequence[MissingModalityPredictor], allowed_l
              len(cases))]
 
 
+def knock_out(predictor: MissingModalityPredictor, paths: Sequence[str]) -> None:
+    """Remove the information ``paths`` from the predictor's network (``MissingModalityNetwork.set_knockout``); a
+    network without such a path (nnU-Net's own network has none) is a :class:`CommandError` naming the paths it
+    has."""
+    if not paths:
+        return
+    network = getattr(predictor.network, '_orig_mod', predictor.network)
+    try:
+        if not isinstance(network, MissingModalityNetwork):
+            raise ValueError(f"{type(network).__name__} has no information path {', '.join(paths)} to knock out "
+                             f"(it has: none)")
+        network.set_knockout(paths)
+    except ValueError as error:
+        raise CommandError(f"--knockout: {error}") from None
+
+
 def report_header(args, names: Sequence[str], regions) -> dict:
     """The ``model`` and ``evaluation`` entries of ``summary.json``."""
     return {'model': {'dataset': dataset_name(args.d), 'configuration': args.c, 'trainer': args.tr, 'plans': args.p,
                       'folds': [str(f) for f in args.f], 'checkpoint': args.chk, 'tta': not args.disable_tta},
             'evaluation': {'source': 'val' if args.val else os.path.abspath(args.i), 'absence': args.absence,
+                           'knockout': sorted(set(args.knockout)),
                            'lesionwise': args.lesionwise,
                            'lesionwise_hd95_penalty_mm': (lesionwise.LESIONWISE_HD95_PENALTY_MM
                                                           if args.lesionwise else None),

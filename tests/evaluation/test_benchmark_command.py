@@ -202,3 +202,24 @@ def test_preprocessed_validation_cases_are_checked_for_nan(tmp_path):
     check_preprocessed_cases(predictor, str(tmp_path), ['a'])
     with pytest.raises(ValueError, match=f"^case b: 1 NaN/Inf value\\(s\\) in its preprocessed data in {data_folder}$"):
         check_preprocessed_cases(predictor, str(tmp_path), ['a', 'b'])
+
+
+def test_a_knockout_the_network_does_not_have_is_refused_as_a_command(model, test_set, tmp_path):
+    """nnU-Net's own network has no information path: the real command says so in one line, exit status 1, and
+    writes nothing."""
+    import subprocess
+    images, labels = test_set
+    out = tmp_path / 'out'
+    result = subprocess.run(['nnUNetv2_mm_benchmark', *model.args(), '-i', str(images), '-l', str(labels), '-o',
+                             str(out), '--knockout', 'messages', '--disable_progress_bar'],
+                            env={**os.environ, **model.env}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == ('nnUNetv2_mm_benchmark: error: --knockout: PlainConvUNet has no '
+                                                      'information path messages to knock out (it has: none)')
+    assert not out.exists()
+
+
+def test_summary_records_the_knockout(model, test_set, tmp_path):
+    images, labels = test_set
+    assert benchmark(model, images, labels, tmp_path / 'out') == 0
+    assert json.loads((tmp_path / 'out' / 'summary.json').read_text())['evaluation']['knockout'] == []
