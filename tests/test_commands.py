@@ -555,3 +555,18 @@ def test_command_wrapper_reports_os_errors_on_paths_as_user_errors(capsys):
     assert capsys.readouterr().err == 'prog: error: /data/out/x.nii.gz: no space left on device\n'
     assert raising(OSError(5, 'Input/output error'))() == 1  # no path: still a bug report
     assert capsys.readouterr().err.startswith('prog: error: OSError: ')
+
+
+@pytest.mark.parametrize('prog, variable, extra', [
+    ('nnUNetv2_mm_predict', 'nnUNet_results', ['-i', '{tmp}/in', '-o', '{tmp}/out']),
+    ('nnUNetv2_mm_perf', 'nnUNet_preprocessed', ['-o', '{tmp}/out']),
+    ('nnUNetv2_mm_benchmark_cost', 'nnUNet_raw', ['-i', '{tmp}/in', '-l', '{tmp}/in', '-o', '{tmp}/out']),
+])
+def test_unset_nnunet_folder_is_one_line_in_every_command(env, tmp_path, prog, variable, extra):
+    (Path(env['nnUNet_raw']) / 'Dataset999_UnitTest').mkdir()
+    (tmp_path / 'in').mkdir()
+    env = {k: v for k, v in env.items() if k != variable}
+    args = [a.format(tmp=tmp_path) for a in extra]
+    result = command([prog, '-d', '999', '-c', '3d_fullres', *args, '-device', 'cpu'], env)
+    line = assert_one_line_error(result, prog, f'{variable} is not set', status=1)
+    assert 'RuntimeError' not in line and not (tmp_path / 'out').exists()

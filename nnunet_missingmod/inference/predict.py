@@ -48,7 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.file_path_utilities import get_output_folder
 
-from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
+from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name, require_env_path
 from nnunet_missingmod.dataset_conversion.atomic_writing import atomic_write_json
 from nnunet_missingmod.dataset_conversion.brats_checks import check_voxels, is_nifti
 from nnunet_missingmod.dataset_conversion.errors import ConversionError
@@ -324,6 +324,7 @@ def make_predictor(args, folds=None) -> MissingModalityPredictor:
 def check_model(dataset: str, trainer: str, plans: str, configuration: str, folds, checkpoint: str) -> str:
     """The trained model folder; :class:`FileNotFoundError` (one line) naming what is missing: the data set, the
     model folder, a fold or a checkpoint (listing what is there)."""
+    require_env_path('nnUNet_results', 'the trained models are found there')
     model_folder = get_output_folder(dataset_name(dataset), trainer, plans, configuration)
     if not os.path.isdir(model_folder):
         raise FileNotFoundError(f"no trained model in {model_folder} (trainer {trainer}, plans {plans}, "

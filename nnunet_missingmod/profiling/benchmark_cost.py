@@ -27,7 +27,7 @@ import time
 
 from tqdm import tqdm
 
-from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
+from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name, require_env_path
 
 
 def zero_filled_copy(cases: dict, subset, dataset_json: dict, output: str, decode_voxels: bool = True) -> None:
@@ -81,7 +81,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_device(args.device)
 
-    from nnunetv2.paths import nnUNet_raw
 
     from nnunet_missingmod.env import enable_ext_trainers
     from nnunet_missingmod.evaluation.benchmark import benchmark_subsets
@@ -92,9 +91,10 @@ def main(argv=None) -> int:
     enable_ext_trainers()  # nnUNetv2_predict must find our trainers
     check_output_folder(args.o, args.overwrite, 'an earlier run of nnUNetv2_mm_benchmark_cost')
 
-    dataset_json_file = os.path.join(nnUNet_raw or '', dataset_name(args.d), 'dataset.json')
+    raw = require_env_path('nnUNet_raw', "the data set's dataset.json is read there")
+    dataset_json_file = os.path.join(raw, dataset_name(args.d), 'dataset.json')
     if not os.path.isfile(dataset_json_file):
-        raise CommandError(f"{dataset_json_file}: no dataset.json (is nnUNet_raw set?)")
+        raise CommandError(f"{dataset_json_file}: no dataset.json")
     with open(dataset_json_file) as f:
         dataset_json = json.load(f)
     names = modality_names(dataset_json)

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name
+from nnunet_missingmod.cli import ArgumentParser, CommandError, check_device, command, dataset_name, require_env_path
 
 
 def default_trainers() -> list[str]:
@@ -340,8 +340,8 @@ def main(argv=None) -> int:
         print(json.dumps(measure(args.d, args.c, args.tr[0], args.p, args.device, args.steps, args.warmup)))
         return 0
     check_device(args.device)
-    from nnunetv2.paths import nnUNet_preprocessed
-    plans_file = os.path.join(nnUNet_preprocessed or '', dataset_name(args.d), args.p + '.json')
+    preprocessed = require_env_path('nnUNet_preprocessed', 'the plans and the preprocessed data are read there')
+    plans_file = os.path.join(preprocessed, dataset_name(args.d), args.p + '.json')
     if not os.path.isfile(plans_file):
         raise CommandError(f'{plans_file} does not exist: run nnUNetv2_plan_and_preprocess -d {args.d} first')
     configurations = json.loads(Path(plans_file).read_text())['configurations']

@@ -28,7 +28,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from nnunet_missingmod.cli import command
+from nnunet_missingmod.cli import command, require_env_path
 from nnunet_missingmod.modalities import detect_availability, modality_index, zero_missing
 from nnunet_missingmod.methods.ciml.network import CIMLNetwork
 
@@ -173,7 +173,6 @@ def check_input_images(model_folder: str, image_files: Optional[Sequence[str]], 
     (:func:`~nnunet_missingmod.inference.predict.check_case_images`). ValueError / FileNotFoundError naming the file.
     """
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.paths import nnUNet_raw
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_missingmod.inference.predict import check_case_images
@@ -182,9 +181,8 @@ def check_input_images(model_folder: str, image_files: Optional[Sequence[str]], 
     plans_manager = PlansManager(load_json(os.path.join(model_folder, 'plans.json')))
     names = [dataset_json['channel_names'][k] for k in sorted(dataset_json['channel_names'], key=int)]
     if image_files is None:
-        if nnUNet_raw is None:
-            raise ValueError("nnUNet_raw is not set: cannot find case files; give them with -i")
-        image_files = _case_files(case, dataset_json, os.path.join(nnUNet_raw, plans_manager.dataset_name))
+        raw = require_env_path('nnUNet_raw', 'the files of --case are found there (or give them with -i)')
+        image_files = _case_files(case, dataset_json, os.path.join(raw, plans_manager.dataset_name))
     image_files = list(image_files)
     if len(image_files) != len(names):
         raise ValueError(f"{len(image_files)} image files given but the model expects {len(names)} ({names})")
