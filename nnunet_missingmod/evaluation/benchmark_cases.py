@@ -28,8 +28,8 @@ from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_datas
 
 from nnunet_missingmod.dataset_conversion.brats_checks import check_voxels, is_nifti
 from nnunet_missingmod.dataset_conversion.errors import ConversionError
-from nnunet_missingmod.inference.predict import (MissingModalityPredictor, check_case_images, prepare_case_files,
-                                                 scan_input_folder)
+from nnunet_missingmod.inference.case_files import check_case_images, prepare_case_files, scan_input_folder
+from nnunet_missingmod.inference.predict import MissingModalityPredictor
 from nnunet_missingmod.modalities import modality_names
 
 #: the preprocessed data and properties of a case under a subset (channel indices of the present modalities)

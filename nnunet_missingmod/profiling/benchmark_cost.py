@@ -35,7 +35,7 @@ def zero_filled_copy(cases: dict, subset, dataset_json: dict, output: str, decod
     (channel indices) replaced by zero images (``decode_voxels=False``: the files were checked already)."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
-    from nnunet_missingmod.inference.predict import prepare_case_files
+    from nnunet_missingmod.inference.case_files import prepare_case_files
     from nnunet_missingmod.modalities import modality_names
     names, ending = modality_names(dataset_json), dataset_json['file_ending']
     reader_writer = determine_reader_writer_from_dataset_json(dataset_json, verbose=False)()
@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     from nnunet_missingmod.env import enable_ext_trainers
     from nnunet_missingmod.evaluation.benchmark import benchmark_subsets
     from nnunet_missingmod.evaluation.benchmark_output import check_output_folder, staged_outputs
-    from nnunet_missingmod.inference.predict import check_model, scan_input_folder
+    from nnunet_missingmod.inference.case_files import scan_input_folder
+    from nnunet_missingmod.inference.predict import check_model
     from nnunet_missingmod.modalities import modality_names
 
     enable_ext_trainers()  # nnUNetv2_predict must find our trainers

@@ -144,7 +144,7 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
             if not getattr(self, '_compile_note_logged', False):
                 self._compile_note_logged = True
                 self.print_to_log_file(f"torch.compile is off for {type(self.bare_network).__name__}: its gain "
-                                       f"has not been measured on a GPU (README, Compute). Set nnUNet_compile=t to "
+                                       f"has not been measured on a GPU (docs/compute.md). Set nnUNet_compile=t to "
                                        f"compile it.")
             return False
         return super()._do_i_compile()

@@ -11,7 +11,8 @@ import torch
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from torch import nn
 
-from nnunet_missingmod.inference.predict import MissingModalityPredictor, prepare_case_files, scan_input_folder
+from nnunet_missingmod.inference.case_files import prepare_case_files, scan_input_folder
+from nnunet_missingmod.inference.predict import MissingModalityPredictor
 from nnunet_missingmod.networks.base import MissingModalityNetwork
 from nnunet_missingmod.networks.outputs import NetworkOutput
 

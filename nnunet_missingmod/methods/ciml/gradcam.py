@@ -175,7 +175,7 @@ def check_input_images(model_folder: str, image_files: Optional[Sequence[str]], 
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_missingmod.inference.predict import check_case_images
+    from nnunet_missingmod.inference.case_files import check_case_images
 
     dataset_json = load_json(os.path.join(model_folder, 'dataset.json'))
     plans_manager = PlansManager(load_json(os.path.join(model_folder, 'plans.json')))
