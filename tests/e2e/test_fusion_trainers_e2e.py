@@ -41,7 +41,7 @@ def test_fusion_trainer_trains_and_predicts(trainer, terms, nnunet_dataset, trai
         line = next(line for line in log.splitlines() if 'train loss terms (unweighted' in line)
         for term in terms:
             assert f' {term} ' in line
-        if trainer == 'nnUNetTrainerSMSN':   # units of the reductions; the KL per sample at weight 1 / (voxels x regions)
+        if trainer == 'nnUNetTrainerSMSN':   # the units; the KL per sample at weight 1 / (voxels x regions)
             from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
             plans = PlansManager(str(folder / 'plans.json')).get_configuration(nnunet_dataset.configuration)
             assert f'nats/sample x{1 / (np.prod(plans.patch_size) * 3):g}' in line and 'nats/voxel' in line
