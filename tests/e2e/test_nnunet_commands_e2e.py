@@ -39,16 +39,16 @@ def test_modality_dropout_trains_logs_subsets_and_predicts_zero_filled_cases(nnu
 def test_continue_training_with_dash_dash_c(nnunet_dataset):
     config = '3d_smoke_continue'
 
-    def small_config(epochs):
+    def small_config(epochs, *extra):
         run([sys.executable, '-m', 'nnunet_missingmod.small_config', '-d', str(DATASET_ID), '-c', config,
              '--patch', '32', '32', '32', '--features', '4', '8', '16', '--epochs', str(epochs),
-             '--iterations', '2', '--val-iterations', '1'], nnunet_dataset.env)
+             '--iterations', '2', '--val-iterations', '1', *extra], nnunet_dataset.env)
 
     train = ['nnUNetv2_train', str(DATASET_ID), config, '0', '-tr', 'nnUNetTrainerModalityDropout',
              '-device', 'cpu', '--npz']
     small_config(1)
     run(train, nnunet_dataset.env)
-    small_config(2)
+    small_config(2, '--overwrite')  # the same configuration, now with two epochs
     result = run(train + ['--c'], nnunet_dataset.env)  # nnU-Net 2.8 spells it --c
     fold = nnunet_dataset.results / f'nnUNetTrainerModalityDropout__nnUNetPlans__{config}' / 'fold_0'
     checkpoint = torch.load(fold / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
