@@ -200,3 +200,13 @@ class nnUNetTrainerCIML_budget(nnUNetTrainerCIML):
     channels (e.g. the unit tests' 4-16, or widths 8-32) the floor makes this variant the same network as the
     default."""
     width_factor = 0.1875
+
+
+class nnUNetTrainerCIML_budget_NoMessage(nnUNetTrainerCIML_NoMessage, nnUNetTrainerCIML_budget):
+    """Table 5's 'Baseline' at the budget width: :class:`nnUNetTrainerCIML_budget` without message passing."""
+
+
+class nnUNetTrainerCIML_width1(nnUNetTrainerCIML):
+    """Segmentors at the plans' full widths (four nnU-Net-wide U-Nets): the capacity reference for the
+    narrower defaults, so that an ablation study can tell a shortfall of capacity from one of mechanism."""
+    width_factor = 1.0

@@ -294,3 +294,11 @@ class nnUNetTrainerHolderMI_budget(nnUNetTrainerHolderMI):
     figures: docs/results/2026-11-23-compute-cpu.md and later pages)."""
     width_factor = 0.25
     holder_subsets_per_step = 2
+
+
+class nnUNetTrainerHolderMI_budget_noMI(nnUNetTrainerHolderMI_noMI, nnUNetTrainerHolderMI_budget):
+    """Table V's ``_noMI`` ablation at the budget width: :class:`nnUNetTrainerHolderMI_budget` without L_MI."""
+
+
+class nnUNetTrainerHolderMI_budget_noHD(nnUNetTrainerHolderMI_noHD, nnUNetTrainerHolderMI_budget):
+    """Table V's ``_noHD`` ablation at the budget width: :class:`nnUNetTrainerHolderMI_budget` without L_HD."""

@@ -161,3 +161,10 @@ class nnUNetTrainerSMSN_bottleneck256_512(nnUNetTrainerSMSN):
 class nnUNetTrainerSMSN_bottleneck512_512(nnUNetTrainerSMSN):
     """Table 9: bottleneck sizes 512, 512 for 128-channel modality features."""
     smsn_bottleneck_ratios = (4.0, 4.0)
+
+
+# ---------------------------------------------------------------- capacity reference
+class nnUNetTrainerSMSN_width1(nnUNetTrainerSMSN):
+    """Modality encoders at the plans' full widths instead of half: the capacity reference for the default, so
+    that an ablation study can tell a shortfall of capacity from one of mechanism."""
+    width_factor = 1.0

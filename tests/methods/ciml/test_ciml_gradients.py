@@ -92,6 +92,27 @@ def test_budget_gradient_differs_from_the_default_where_its_widths_differ(tmp_pa
     assert [s.encoder.output_channels for s in same.bare_network.segmentors] == [[4, 8, 8]] * 4
 
 
+def test_budget_ablation_keeps_the_budget_widths_and_changes_the_gradient(tmp_path):
+    plans = small_plans((8, 16, 32, 64))
+    budget = make_trainer(ct.nnUNetTrainerCIML_budget, tmp_path / 'budget', plans=plans)
+    ablation = make_trainer(ct.nnUNetTrainerCIML_budget_NoMessage, tmp_path / 'ablation', plans=plans, seed=1)
+    assert [s.encoder.output_channels for s in ablation.bare_network.segmentors] == [[8, 8, 8, 12]] * 4
+    shared = copy_matching_weights(budget.network, ablation.network)
+    data, target, availability = batch(levels=3)
+    reference = loss_gradients(budget, data, target, availability)
+    diff = relative_gradient_difference(loss_gradients(ablation, data, target, availability), reference, shared)
+    print(f'nnUNetTrainerCIML_budget_NoMessage against _budget: relative gradient difference {diff:.3f}')
+    assert diff > MARGIN
+
+
+def test_width1_segmentors_have_the_plans_widths(tmp_path):
+    plans = small_plans((8, 16, 32))
+    wide = make_trainer(ct.nnUNetTrainerCIML_width1, tmp_path / 'wide', plans=plans)
+    default = make_trainer(ct.nnUNetTrainerCIML, tmp_path / 'default', plans=plans)
+    assert [s.encoder.output_channels for s in wide.bare_network.segmentors] == [[8, 16, 32]] * 4
+    assert [s.encoder.output_channels for s in default.bare_network.segmentors] == [[8, 8, 8]] * 4
+
+
 # ------------------------------------------------------------------------------------------------ message passing
 def _segmentor_term_gradient_norms(trainer, term: str, availability) -> dict:
     """``{modality: ||d term / d encoder_m||}`` for one segmentor's loss term."""

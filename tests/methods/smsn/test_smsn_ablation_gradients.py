@@ -11,7 +11,7 @@ copy of the default trainer gives ~0, so the test would notice a variant that is
 import pytest
 import torch
 
-from conftest import copy_matching_weights, loss_gradients, make_trainer, relative_gradient_difference
+from conftest import copy_matching_weights, loss_gradients, make_trainer, relative_gradient_difference, small_plans
 from nnunet_missingmod.training.nnUNet_extTrainer import missingmod_trainers as ft
 
 torch.set_num_threads(1)
@@ -40,7 +40,15 @@ VARIANTS = {
 def test_every_smsn_variant_trainer_is_covered():
     variants = {cls for cls in vars(ft).values()
                 if isinstance(cls, type) and issubclass(cls, ft.nnUNetTrainerSMSN) and cls is not ft.nnUNetTrainerSMSN}
-    assert variants == set(VARIANTS)
+    assert variants == set(VARIANTS) | {ft.nnUNetTrainerSMSN_width1}     # the capacity reference: test below
+
+
+def test_width1_encoders_have_the_plans_widths(tmp_path):
+    plans = small_plans((8, 16, 32))
+    wide = make_trainer(ft.nnUNetTrainerSMSN_width1, tmp_path / 'wide', plans)
+    default = make_trainer(ft.nnUNetTrainerSMSN, tmp_path / 'default', plans)
+    assert [e.output_channels for e in wide.bare_network.encoders] == [[8, 16, 32]] * 4
+    assert [e.output_channels for e in default.bare_network.encoders] == [[8, 8, 16]] * 4
 
 
 def batch():
