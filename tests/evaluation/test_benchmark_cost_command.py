@@ -10,7 +10,7 @@ import os
 import pytest
 
 from inference.untrained_model import (BAD_KINDS, PROBLEM, same_tree, untrained_model, use_folders, write_bad_image,
-                                       write_case, write_labels)
+                                       write_test_set)
 
 
 @pytest.fixture(scope='module')
@@ -21,11 +21,7 @@ def model(tmp_path_factory):
 @pytest.fixture
 def test_set(model, tmp_path, monkeypatch):
     use_folders(monkeypatch, model)
-    images, labels = tmp_path / 'images', tmp_path / 'labels'
-    for seed, case in enumerate(('a', 'b')):
-        write_case(images, case, seed=seed)
-        write_labels(labels, case)
-    return images, labels
+    return write_test_set(tmp_path)
 
 
 @pytest.fixture

@@ -136,6 +136,15 @@ def write_labels(folder: Path, case: str, shape=SHAPE) -> Path:
     return path
 
 
+def write_test_set(folder: Path, cases: Sequence[str] = ('a', 'b')) -> tuple[Path, Path]:
+    """``folder/images`` (complete cases, one seed each) and ``folder/labels`` (their label maps)."""
+    images, labels = folder / 'images', folder / 'labels'
+    for seed, case in enumerate(cases):
+        write_case(images, case, seed=seed)
+        write_labels(labels, case)
+    return images, labels
+
+
 #: the kinds of :func:`write_bad_image`
 BAD_KINDS = ('nan', 'inf', 'truncated')
 #: what the one-line error says about each kind (after ``case CASE: FILE: ``)
