@@ -1,4 +1,5 @@
-"""End to end: nnUNetv2_train with nnUNetTrainerCIML, stock nnUNetv2_predict, and the Grad-CAM command."""
+"""End to end: nnUNetv2_train with nnUNetTrainerCIML (seeded, ``trained_model``), stock nnUNetv2_predict, learning on
+held-out cases (:func:`conftest.assert_learned`), and the Grad-CAM command."""
 from __future__ import annotations
 
 import json
@@ -7,10 +8,10 @@ import shutil
 import numpy as np
 import SimpleITK as sitk
 
-from conftest import DATASET_ID, SMOKE_CONFIG, run
+from conftest import DATASET_ID, SMOKE_CONFIG, assert_learned, run
 
 
-def test_ciml_train_predict_and_gradcam(nnunet_dataset, trained_model, tmp_path):
+def test_ciml_train_predict_learn_and_gradcam(nnunet_dataset, trained_model, held_out, tmp_path):
     folder = trained_model('nnUNetTrainerCIML')
     plans = json.loads((folder / 'plans.json').read_text())
     # channels T1, T1ce, T2, FLAIR; regions WT, TC, ET: FLAIR->WT, T1->TC, T2->WT+TC, T1ce->TC+ET
@@ -34,6 +35,7 @@ def test_ciml_train_predict_and_gradcam(nnunet_dataset, trained_model, tmp_path)
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / f'{case}.nii.gz')))
     assert seg.shape == sitk.GetArrayFromImage(flair).shape
     assert set(np.unique(seg)) <= {0, 1, 2, 3}
+    assert_learned(folder, held_out)
 
     out = tmp_path / 'gradcam'
     run(['nnUNetv2_mm_ciml_gradcam', '-d', str(DATASET_ID), '-c', SMOKE_CONFIG, '-tr', 'nnUNetTrainerCIML', '-f', '0',

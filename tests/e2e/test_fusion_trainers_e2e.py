@@ -1,4 +1,5 @@
-"""Fusion trainers: class-level network building, then training and prediction through nnU-Net's commands."""
+"""Fusion trainers: training and prediction through nnU-Net's commands, and learning: each trained model ranks the
+tumour voxels of held-out cases better than its own initial weights (:func:`conftest.assert_learned`)."""
 import shutil
 
 import nibabel as nib
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATASET_ID, run
+from conftest import DATASET_ID, assert_learned, run
+
 
 def _predict(nnunet_dataset, trainer, tmp_path):
     """Predict two training cases (the second with T2 zero-filled) with the stock nnUNetv2_predict."""
@@ -33,7 +35,7 @@ def _predict(nnunet_dataset, trainer, tmp_path):
 @pytest.mark.parametrize('trainer, terms', [('nnUNetTrainerConcatFusion', ()),
                                             ('nnUNetTrainerAttentionFusion', ()),
                                             ('nnUNetTrainerSMSN', ('kl', 'recon', 'orth'))])
-def test_fusion_trainer_trains_and_predicts(trainer, terms, nnunet_dataset, trained_model, tmp_path):
+def test_fusion_trainer_trains_predicts_and_learns(trainer, terms, nnunet_dataset, trained_model, held_out, tmp_path):
     folder = trained_model(trainer)
     log = next((folder / 'fold_0').glob('training_log_*.txt')).read_text()
     assert 'modality subsets drawn:' in log
@@ -49,6 +51,7 @@ def test_fusion_trainer_trains_and_predicts(trainer, terms, nnunet_dataset, trai
     assert checkpoint['trainer_name'] == trainer
     assert any(k.startswith('encoders.3.') for k in checkpoint['network_weights'])
     _predict(nnunet_dataset, trainer, tmp_path)
+    assert_learned(folder, held_out)
 
 
 def test_fixed_order_trainer_stores_the_order_by_modality_name(nnunet_dataset, trained_model, tmp_path):

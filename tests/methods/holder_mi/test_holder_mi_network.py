@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-from conftest import free_port, make_trainer, small_plans
+from conftest import assert_learned, free_port, make_trainer, small_plans
 from nnunet_missingmod.profiling.perf import saved_for_backward_bytes
 from nnunet_missingmod.methods.holder_mi.divergences import divergence_loss
 from nnunet_missingmod.modalities import all_subsets, subset_to_mask
@@ -303,7 +303,7 @@ def test_ddp_two_cpu_processes_with_different_masks():
 
 
 # --------------------------------------------------------------------------- nnU-Net round trip
-def test_train_and_predict_with_nnunet(nnunet_dataset, trained_model, tmp_path):
+def test_train_predict_and_learn_with_nnunet(nnunet_dataset, trained_model, held_out, tmp_path):
     trainer = 'nnUNetTrainerHolderMI'
     folder = trained_model(trainer)
     log = next((folder / 'fold_0').glob('training_log_*.txt')).read_text()
@@ -331,3 +331,4 @@ def test_train_and_predict_with_nnunet(nnunet_dataset, trained_model, tmp_path):
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(images[0])))
     assert seg.shape == reference.shape
     assert set(np.unique(seg)) <= {0, 1, 2, 3}
+    assert_learned(folder, held_out)
