@@ -55,6 +55,12 @@ if [ ! -f "$nnUNet_preprocessed/Dataset${TRAIN_ID}_SynthGlioma$SEED/nnUNetPlans.
 fi
 nnUNetv2_mm_small_config -d $TRAIN_ID -c $CONFIG $CONFIG_ARGS --batch-size 2 --val-iterations 5 --overwrite
 
+knockout_paths() {  # TRAINER: the PATHs of the KNOCKOUTS pairs TRAINER:PATH, one per line
+    for knockout in $KNOCKOUTS; do
+        if [ "${knockout%%:*}" = "$1" ]; then echo "${knockout#*:}"; fi
+    done
+}
+
 benchmark() {  # TRAINER OUTPUT [--knockout PATH]: both held-out sets
     for test in "glioma:$GLIOMA_ID:SynthGliomaTest$SEED" "metastasis:$METS_ID:SynthMetsTest$SEED"; do
         IFS=: read -r kind id name <<< "$test"
@@ -68,11 +74,7 @@ for tr in $TRAINERS; do
     results="$nnUNet_results/Dataset${TRAIN_ID}_SynthGlioma$SEED/${tr}__nnUNetPlans__$CONFIG/fold_0"
     [ -f "$results/checkpoint_final.pth" ] || nnUNetv2_train $TRAIN_ID $CONFIG 0 -tr "$tr" -device cpu
     benchmark "$tr" "$tr"
-    for knockout in $KNOCKOUTS; do
-        if [ "${knockout%%:*}" = "$tr" ]; then
-            benchmark "$tr" "${tr}__knockout_${knockout#*:}" --knockout "${knockout#*:}"
-        fi
-    done
+    for path in $(knockout_paths "$tr"); do benchmark "$tr" "${tr}__knockout_$path" --knockout "$path"; done
     if [ "$FLOPS" = 1 ] && [ ! -f "$OUT/perf/$CONFIG/$tr/perf.json" ]; then
         nnUNetv2_mm_perf -d $TRAIN_ID -c $CONFIG -tr "$tr" -device cpu --steps 1 --warmup 0 -o "$OUT/perf/$CONFIG/$tr"
     fi
@@ -82,10 +84,7 @@ for kind in glioma metastasis; do
     benches=()
     for tr in $TRAINERS; do
         benches+=("$OUT/bench/$CONFIG/$kind/$tr")
-        for knockout in $KNOCKOUTS; do
-            name="${tr}__knockout_${knockout#*:}"
-            if [ "${knockout%%:*}" = "$tr" ]; then benches+=("$OUT/bench/$CONFIG/$kind/$name"); fi
-        done
+        for path in $(knockout_paths "$tr"); do benches+=("$OUT/bench/$CONFIG/$kind/${tr}__knockout_$path"); done
     done
     nnUNetv2_mm_compare -i "${benches[@]}" -o "$OUT/compare/$CONFIG/$kind" --overwrite
 done
