@@ -125,7 +125,9 @@ class SMSNFusion(nn.Module):
        (``0.5 * squared error``, nats/voxel), summed over the *present* modalities only (``M_i = 1``; a missing
        modality contributes exactly zero), weighted ``beta`` (stage I, default 0.7) and ``gamma`` (stage II,
        default 0.3) -- the best pair of Table 5 and the setting of Tables 2 and 4. Needs the network input
-       (``image``) in training.
+       (``image``) in training. The logged figure ``recon_zero`` is ``L_r`` of decoders that predict zero on the
+       same batch and mask: ``recon`` at ``recon_zero`` means the decoders rebuild nothing, so ``L_r`` rewards
+       no information in ``z``.
     4. **Specific feature extraction** (Sec. 4): ``z_2`` is projected to ``C`` channels (``z~_2``) so that it can
        be added to the modality features; a transformer runs over the voxels of the ``M`` modality feature maps
        and ``z~_2`` (missing modalities masked out of attention) and its output is split back into ``x_{s_i}``.
@@ -269,9 +271,13 @@ class SMSNFusion(nn.Module):
                 target = image[rows, order]
                 recon = self.beta * self._reconstruction_loss(self.reconstruct1, z1, target[:, :2],
                                                               ordered_mask[:, :2])
+                log['recon_zero'] = self.beta * masked_reconstruction_loss(
+                    torch.zeros_like(target[:, :2]), target[:, :2], ordered_mask[:, :2]).detach()
                 if self.reconstruct2 is not None:
                     recon = recon + self.gamma * self._reconstruction_loss(self.reconstruct2, z2, target[:, 2:],
                                                                            ordered_mask[:, 2:])
+                    log['recon_zero'] = log['recon_zero'] + self.gamma * masked_reconstruction_loss(
+                        torch.zeros_like(target[:, 2:]), target[:, 2:], ordered_mask[:, 2:]).detach()
                 losses['recon'] = recon
 
         if self.use_specific and 'specific' not in self.knocked_out:

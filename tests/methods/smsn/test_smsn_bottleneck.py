@@ -22,10 +22,22 @@ def test_training_forward_logs_both_stages():
     availability = torch.stack(masks_of(4))
     x = torch.randn(len(availability), 4, *PATCH) * availability[:, :, None, None, None]
     out = net(x, availability, full_output=True)
-    assert set(out.extras['log']) == {'kl_stage1', 'active_stage1', 'kl_stage2', 'active_stage2'}
+    assert set(out.extras['log']) == {'kl_stage1', 'active_stage1', 'kl_stage2', 'active_stage2', 'recon_zero'}
     # the heads start at the prior: KL 0 and no active channel
-    assert all(float(v) == 0 for v in out.extras['log'].values())
+    assert all(float(v) == 0 for k, v in out.extras['log'].items() if k != 'recon_zero')
     assert float(out.losses['kl'].detach()) == pytest.approx(0.0)
+
+
+def test_recon_zero_is_the_reconstruction_loss_of_predicting_zero():
+    net = build('smsn').train()
+    net.fusion.order_mode = 'none'          # channel order: stage I rebuilds channels 0, 1 (beta), stage II 2, 3
+    availability = torch.stack(masks_of(4))
+    torch.manual_seed(0)
+    x = (torch.randn(len(availability), 4, *PATCH) + 2.0) * availability[:, :, None, None, None]
+    out = net(x, availability, full_output=True)
+    half_mean_square = 0.5 * x.double().square().flatten(2).mean(-1) * availability      # (B, M), 0 if missing
+    expected = (0.7 * half_mean_square[:, :2].sum(1) + 0.3 * half_mean_square[:, 2:].sum(1)).mean()
+    assert float(out.extras['log']['recon_zero']) == pytest.approx(float(expected), rel=1e-5)
 
 
 def _perturbed_smsn():
