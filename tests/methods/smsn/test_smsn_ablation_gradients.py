@@ -40,7 +40,8 @@ VARIANTS = {
 def test_every_smsn_variant_trainer_is_covered():
     variants = {cls for cls in vars(ft).values()
                 if isinstance(cls, type) and issubclass(cls, ft.nnUNetTrainerSMSN) and cls is not ft.nnUNetTrainerSMSN}
-    assert variants == set(VARIANTS) | {ft.nnUNetTrainerSMSN_width1}     # the capacity reference: test below
+    # the capacity reference and the optimizer variant train the default's loss: tests below
+    assert variants == set(VARIANTS) | {ft.nnUNetTrainerSMSN_width1, ft.nnUNetTrainerSMSN_Adam}
 
 
 def test_width1_encoders_have_the_plans_widths(tmp_path):
@@ -49,6 +50,17 @@ def test_width1_encoders_have_the_plans_widths(tmp_path):
     default = make_trainer(ft.nnUNetTrainerSMSN, tmp_path / 'default', plans)
     assert [e.output_channels for e in wide.bare_network.encoders] == [[8, 16, 32]] * 4
     assert [e.output_channels for e in default.bare_network.encoders] == [[8, 8, 16]] * 4
+
+
+def test_adam_variant_trains_the_default_model_with_adam(tmp_path):
+    plans = small_plans((8, 16, 32))
+    adam = make_trainer(ft.nnUNetTrainerSMSN_Adam, tmp_path / 'adam', plans)
+    default = make_trainer(ft.nnUNetTrainerSMSN, tmp_path / 'default', plans)
+    assert type(adam.optimizer) is torch.optim.Adam and type(default.optimizer) is torch.optim.SGD
+    assert adam.optimizer.param_groups[0]['lr'] == pytest.approx(1e-3)
+    assert {k: v.shape for k, v in adam.network.state_dict().items()} == \
+        {k: v.shape for k, v in default.network.state_dict().items()}
+    assert adam.aux_loss_weights == default.aux_loss_weights
 
 
 def batch():
