@@ -22,7 +22,8 @@ HERE=$(dirname "$(realpath "$0")")
 # (SMSN Table 4, Hölder-MI Table V and CIML Table 5 at budget width), then the width-1 capacity references
 TRAINERS="nnUNetTrainerSMSN nnUNetTrainerCIML_budget nnUNetTrainerHolderMI_budget nnUNetTrainerModalityDropout
 nnUNetTrainerSMSN_Adam nnUNetTrainerSMSN_noLr nnUNetTrainerSMSN_noLo nnUNetTrainerHolderMI_budget_noMI
-nnUNetTrainerHolderMI_budget_noHD nnUNetTrainerCIML_budget_NoMessage nnUNetTrainerSMSN_width1 nnUNetTrainerHolderMI nnUNetTrainerCIML_width1"
+nnUNetTrainerHolderMI_budget_noHD nnUNetTrainerCIML_budget_NoMessage nnUNetTrainerSMSN_width1 nnUNetTrainerHolderMI
+nnUNetTrainerCIML_width1"
 KNOCKOUTS="nnUNetTrainerSMSN:bottleneck nnUNetTrainerSMSN:specific nnUNetTrainerCIML_budget:messages
 nnUNetTrainerSMSN_Adam:bottleneck nnUNetTrainerSMSN_Adam:specific"
 

@@ -237,13 +237,15 @@ class SMSNFusion(nn.Module):
         return (mu.float() + torch.randn_like(std) * std).to(mu.dtype), mu, logvar
 
     def _reconstruction_loss(self, decoder: ReconstructionDecoder, latent: torch.Tensor, image: torch.Tensor,
-                             mask: torch.Tensor) -> torch.Tensor:
+                             mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's masked reconstruction loss, and (detached) that of predicting zero: ``recon_zero``."""
         prediction = decoder(latent)
         if prediction.shape[2:] != image.shape[2:]:
             raise ValueError(f"the reconstruction decoder gives {tuple(prediction.shape[2:])} voxels from a "
                              f"{tuple(latent.shape[2:])} bottleneck (strides up-sample x{decoder.scale}), the image "
                              f"has {tuple(image.shape[2:])}: pass the encoder's strides to SMSNFusion")
-        return masked_reconstruction_loss(prediction, image, mask)
+        zero = masked_reconstruction_loss(torch.zeros_like(image), image, mask).detach()
+        return masked_reconstruction_loss(prediction, image, mask), zero
 
     def forward(self, features: torch.Tensor, availability: torch.Tensor, image: torch.Tensor | None = None
                 ) -> Tuple[torch.Tensor, Losses, Losses]:
@@ -269,16 +271,14 @@ class SMSNFusion(nn.Module):
                     raise ValueError("SMSN's reconstruction loss (Eq. 6) needs the input image: call "
                                      "fusion(features, availability, image) in training")
                 target = image[rows, order]
-                recon = self.beta * self._reconstruction_loss(self.reconstruct1, z1, target[:, :2],
-                                                              ordered_mask[:, :2])
-                log['recon_zero'] = self.beta * masked_reconstruction_loss(
-                    torch.zeros_like(target[:, :2]), target[:, :2], ordered_mask[:, :2]).detach()
+                recon, zero = self._reconstruction_loss(self.reconstruct1, z1, target[:, :2],
+                                                        ordered_mask[:, :2])
+                recon, zero = self.beta * recon, self.beta * zero
                 if self.reconstruct2 is not None:
-                    recon = recon + self.gamma * self._reconstruction_loss(self.reconstruct2, z2, target[:, 2:],
-                                                                           ordered_mask[:, 2:])
-                    log['recon_zero'] = log['recon_zero'] + self.gamma * masked_reconstruction_loss(
-                        torch.zeros_like(target[:, 2:]), target[:, 2:], ordered_mask[:, 2:]).detach()
-                losses['recon'] = recon
+                    recon2, zero2 = self._reconstruction_loss(self.reconstruct2, z2, target[:, 2:],
+                                                              ordered_mask[:, 2:])
+                    recon, zero = recon + self.gamma * recon2, zero + self.gamma * zero2
+                losses['recon'], log['recon_zero'] = recon, zero
 
         if self.use_specific and 'specific' not in self.knocked_out:
             maps = torch.cat([features, common[:, None]], 1)
