@@ -22,9 +22,10 @@ def test_training_forward_logs_both_stages():
     availability = torch.stack(masks_of(4))
     x = torch.randn(len(availability), 4, *PATCH) * availability[:, :, None, None, None]
     out = net(x, availability, full_output=True)
-    assert set(out.extras['log']) == {'kl_stage1', 'active_stage1', 'kl_stage2', 'active_stage2', 'recon_zero'}
+    assert set(out.extras['log']) == {'kl_stage1', 'active_stage1', 'kl_stage2', 'active_stage2', 'recon_zero',
+                                      'latent_share'}
     # the heads start at the prior: KL 0 and no active channel
-    assert all(float(v) == 0 for k, v in out.extras['log'].items() if k != 'recon_zero')
+    assert all(float(out.extras['log'][k]) == 0 for k in ('kl_stage1', 'active_stage1', 'kl_stage2', 'active_stage2'))
     assert float(out.losses['kl'].detach()) == pytest.approx(0.0)
 
 
@@ -38,6 +39,22 @@ def test_recon_zero_is_the_reconstruction_loss_of_predicting_zero():
     half_mean_square = 0.5 * x.double().square().flatten(2).mean(-1) * availability      # (B, M), 0 if missing
     expected = (0.7 * half_mean_square[:, :2].sum(1) + 0.3 * half_mean_square[:, 2:].sum(1)).mean()
     assert float(out.extras['log']['recon_zero']) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_latent_share_is_the_rms_of_what_z2_adds_over_the_rms_of_the_present_specific_features():
+    net = _perturbed_smsn().train()
+    seen = {}
+    net.fusion.common.register_forward_hook(lambda module, args, out: seen.__setitem__('common', out.detach()))
+    net.fusion.specific.register_forward_hook(lambda module, args, out: seen.__setitem__('specific', out.detach()))
+    availability = torch.tensor([[True, False, True, True], [True, True, False, False]])
+    x = torch.randn(2, 4, *PATCH) * availability[:, :, None, None, None]
+    out = net(x, availability, full_output=True)
+    added = seen['common'].double() - net.fusion.common.bias.detach().double()[None, :, None, None, None]
+    specific = seen['specific'][:, :4].double()          # (B, M, C, ...): the transformer's modality tokens
+    present = torch.cat([specific[0, [0, 2, 3]].flatten(), specific[1, [0, 1]].flatten()])
+    expected = added.pow(2).mean().sqrt() / present.pow(2).mean().sqrt()
+    assert float(expected) > 0
+    assert float(out.extras['log']['latent_share']) == pytest.approx(float(expected), rel=1e-4)
 
 
 def _perturbed_smsn():
