@@ -19,6 +19,9 @@ temporary ``nnUNet_results``, never to the real one):
 * kept for backward: the tensors that autograd keeps from the forward pass for the backward pass of one training
   step (:func:`kept_for_backward_mb`), the activation memory of a step: a count of bytes that neither the
   allocator nor other jobs change (under a GPU's mixed precision, half-precision tensors count half);
+* training loss: the first and last loss of those steps, non-finite steps and loss terms, and on a GPU the steps
+  float16 autocast overflowed (skipped by the gradient scaler; :func:`loss_figures`), so a measurement also shows
+  that a trainer trains under the device's precision;
 * prediction: median wall time of :data:`PREDICTIONS` sliding-window predictions of one preprocessed case by
   nnU-Net's predictor (no mirroring), after one untimed prediction of the same case, which sets up the kernels for
   the prediction's shapes (cuDNN autotuning on a GPU, oneDNN primitives on a CPU) and, for a compiled network,
@@ -185,14 +188,17 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     rss_before = _current_rss_mb()
-    times, cpu_times = [], []
+    scale_before = trainer.grad_scaler.get_scale() if trainer.grad_scaler is not None else None
+    times, cpu_times, losses = [], [], []
     for _ in range(warmup + steps):
         start, cpu_start = time.perf_counter(), time.process_time()
-        trainer.train_step(batch)
+        losses.append(float(trainer.train_step(batch)['loss']))
         if dev.type == 'cuda':
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
+    figures.update(loss_figures(losses, getattr(trainer, '_epoch_terms', {}), scale_before,
+                                trainer.grad_scaler.get_scale() if trainer.grad_scaler is not None else None))
     figures['step_s'] = statistics.median(times[warmup:])
     figures['step_cpu_s'] = statistics.median(cpu_times[warmup:])
     figures['peak_memory_mb'] = (torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == 'cuda'
@@ -220,10 +226,34 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
     return figures
 
 
+#: figures of :func:`loss_figures`: a check of the steps, not a cost, so they have no ratio to ``nnUNetTrainer``
+LOSS_FIGURES = ('loss_first', 'loss_last', 'nonfinite_steps', 'nonfinite_terms', 'amp_skipped_steps')
+
+
+def loss_figures(losses: list, terms: dict, scale_before: float | None, scale_after: float | None) -> dict:
+    """The training losses of the warm-up and timed steps (the same batch every step): the first and the last,
+    the number of steps whose loss was not finite, the names of the loss terms (``{name: [per-step values]}``, a
+    multi-term trainer's) with a non-finite value in any step, and, under a GPU's float16 autocast, the steps whose
+    gradients overflowed: the gradient scaler halves its scale and skips the update for each (its scale never
+    grows within a measurement's few steps); None without a scaler."""
+    import math
+
+    import torch
+    skipped = None
+    if scale_before is not None and scale_after:
+        skipped = round(math.log2(scale_before / scale_after))
+    return {'loss_first': losses[0], 'loss_last': losses[-1],
+            'nonfinite_steps': sum(not math.isfinite(v) for v in losses),
+            'nonfinite_terms': sorted(k for k, v in terms.items()
+                                      if not bool(torch.isfinite(torch.stack(list(v)).float()).all())),
+            'amp_skipped_steps': skipped}
+
+
 def ratios(results: dict, reference: str = 'nnUNetTrainer') -> dict:
     """Each numeric figure divided by the reference trainer's figure (None where the reference is 0 or missing)."""
     ref = results.get(reference)
-    return {t: {k: (v / ref[k] if ref and ref.get(k) else None) for k, v in r.items() if not isinstance(v, bool)}
+    return {t: {k: (v / ref[k] if ref and ref.get(k) else None) for k, v in r.items()
+                if not isinstance(v, bool) and k not in LOSS_FIGURES}
             for t, r in results.items()}
 
 
@@ -308,8 +338,8 @@ def markdown_table(results: dict, header: str) -> str:
     lines = [header, '',
              '| trainer | compiled | params (M) | GFLOPs/patch | GFLOPs/step | step (s) | step CPU (s) | peak mem (MB) '
              '| kept (MB) | predict (s) | step × | step FLOPs × | step/FLOP × | step CPU × | mem × | kept × '
-             '| predict × | budget |',
-             '|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
+             '| predict × | budget | loss first → last | AMP skipped |',
+             '|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|:---:|---:|']
     for trainer, r in results.items():
         q = rel[trainer]
         fmt = lambda v, digits=2: '–' if v is None else f'{v:.{digits}f}'  # noqa: E731
@@ -320,9 +350,22 @@ def markdown_table(results: dict, header: str) -> str:
                      f"| {r['peak_memory_mb']:.0f} | {fmt(r.get('kept_for_backward_mb'), 0)} | {r['predict_s']:.2f} "
                      f"| {fmt(q['step_s'])} | {fmt(q.get('gflops_per_step'))} | {fmt(step_per_flop(q))} "
                      f"| {fmt(q.get('step_cpu_s'))} | {fmt(q['peak_memory_mb'])} "
-                     f"| {fmt(q.get('kept_for_backward_mb'))} | {fmt(q['predict_s'])} | {verdict} |")
+                     f"| {fmt(q.get('kept_for_backward_mb'))} | {fmt(q['predict_s'])} | {verdict} "
+                     f"| {loss_cell(r)} | {fmt(r.get('amp_skipped_steps'), 0)} |")
     limits = ', '.join(f'{k} ≤ {v}×' for k, v in BUDGET.items())
     return '\n'.join(lines) + f'\n\nbudget: {limits} of nnUNetTrainer\n'
+
+
+def loss_cell(figures: dict) -> str:
+    """``first → last`` training loss, with the non-finite steps and terms named; a dash for an older perf.json."""
+    if 'loss_first' not in figures:
+        return '–'
+    cell = f"{figures['loss_first']:.3g} → {figures['loss_last']:.3g}"
+    if figures.get('nonfinite_steps'):
+        cell += f" ({figures['nonfinite_steps']} non-finite step(s))"
+    if figures.get('nonfinite_terms'):
+        cell += f" (non-finite: {', '.join(figures['nonfinite_terms'])})"
+    return cell
 
 
 @command('nnUNetv2_mm_perf')

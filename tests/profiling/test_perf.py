@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import DATASET_ID, nnunet_environment, run, synthetic_raw_dataset
-from nnunet_missingmod.profiling.perf import busy_cpu_note, busy_cpus, kept_for_backward_mb, markdown_table, ratios, \
-    step_per_flop, training_step_gflops, within_budget
+from nnunet_missingmod.profiling.perf import LOSS_FIGURES, busy_cpu_note, busy_cpus, kept_for_backward_mb, loss_figures, \
+    markdown_table, ratios, step_per_flop, training_step_gflops, within_budget
 
 
 def test_ratios_are_relative_to_nnunet_trainer():
@@ -197,6 +197,9 @@ def test_perf_command_measures_trainers_side_by_side(nnunet_dataset, tmp_path):
         assert figures['peak_memory_mb'] >= 0
         assert figures['compiled'] is False  # nnU-Net never compiles on a CPU
         assert figures['kept_for_backward_mb'] > 0
+        # the same batch at every step of SGD: finite, and no overflow count on a CPU (no float16 autocast)
+        assert figures['nonfinite_steps'] == 0 and figures['nonfinite_terms'] == []
+        assert figures['amp_skipped_steps'] is None and figures['loss_first'] > 0
         # a training step: forward and backward (about twice the forward) of every sample of the batch, the first
         # convolution's input gradient and the eval patch's missing deep-supervision heads aside
         batch = plans['configurations'][nnunet_dataset.configuration]['batch_size']
@@ -268,3 +271,27 @@ def test_interrupted_perf_keeps_the_trainers_it_measured(nnunet_dataset, tmp_pat
     header = (out / 'perf.md').read_text().splitlines()[0]
     assert header.endswith('(partial: 1 of 2 trainers measured)')
     assert sorted(p.name for p in out.iterdir()) == ['perf.json', 'perf.md']  # no temporary file left behind
+
+
+def test_loss_figures_name_non_finite_steps_and_terms_and_count_overflowed_steps():
+    nan, inf = float('nan'), float('inf')
+    terms = {'seg': [torch.tensor(0.9), torch.tensor(0.8)], 'kl': [torch.tensor(1.0), torch.tensor(inf)],
+             'mi': [torch.tensor(nan, dtype=torch.float16), torch.tensor(2.0, dtype=torch.float16)]}
+    figures = loss_figures([1.5, nan, 1.2, inf, 1.0], terms, 65536.0, 16384.0)
+    assert figures == {'loss_first': 1.5, 'loss_last': 1.0, 'nonfinite_steps': 2, 'nonfinite_terms': ['kl', 'mi'],
+                       'amp_skipped_steps': 2}
+    # no gradient scaler (CPU, or no autocast): no overflow count; a single-loss trainer has no terms
+    assert loss_figures([2.0, 1.0], {}, None, None) == {'loss_first': 2.0, 'loss_last': 1.0, 'nonfinite_steps': 0,
+                                                        'nonfinite_terms': [], 'amp_skipped_steps': None}
+
+
+def test_loss_figures_are_shown_but_have_no_ratio():
+    base = {'parameters': 1e6, 'gflops_per_patch': 1.0, 'step_s': 1.0, 'peak_memory_mb': 10.0, 'predict_s': 1.0}
+    results = {'nnUNetTrainer': {**base, 'loss_first': 1.0, 'loss_last': 0.5, 'nonfinite_steps': 0,
+                                 'nonfinite_terms': [], 'amp_skipped_steps': 1},
+               'B': {**base, 'loss_first': 2.0, 'loss_last': 0.25, 'nonfinite_steps': 1, 'nonfinite_terms': ['kl'],
+                     'amp_skipped_steps': 0}}
+    assert not set(LOSS_FIGURES) & set(ratios(results)['B'])
+    rows = markdown_table(results, 'h').splitlines()
+    assert rows[4].endswith('| 1 → 0.5 | 1 |')
+    assert rows[5].endswith('| 2 → 0.25 (1 non-finite step(s)) (non-finite: kl) | 0 |')
