@@ -66,8 +66,14 @@ class SegmentorRegionLoss(nn.Module):
         self.has_ignore_label = has_ignore_label
 
     def _masked(self, out: torch.Tensor, tgt: torch.Tensor, regions: Sequence[int], present: torch.Tensor):
-        """nnU-Net's loss of the sub-batch, computed on the whole batch with a (B, 1, ...) voxel mask."""
-        out = region_channels(out, regions)
+        """nnU-Net's loss of the sub-batch, computed on the whole batch with a (B, 1, ...) voxel mask, in float32.
+
+        float32 because a masked sample's Dice has intersection and sums 0: its derivative with respect to the sum
+        is ``-1/smooth`` (1e5, over the samples and regions it is averaged over), which overflows a float16 gradient
+        at the scales nnU-Net's gradient scaler uses (from 2^16), and ``inf`` times the mask's 0 is NaN: under a
+        GPU's autocast every step with a missing modality was skipped until the scale had fallen to ~1. In float32
+        the mask's 0 zeroes it like any other value."""
+        out = region_channels(out, regions).float()
         target = region_channels(tgt, regions).to(torch.float32)
         mask = present.reshape((-1,) + (1,) * (tgt.ndim - 1)).expand(-1, 1, *tgt.shape[2:])
         if self.has_ignore_label:
@@ -78,7 +84,7 @@ class SegmentorRegionLoss(nn.Module):
             dice = (b * dice + (b - n)) / n.clamp_min(1)
         if not (self.batch_dice and self.ddp):           # an empty sub-batch gives 0 (DDP batch Dice: the global one)
             dice = torch.where(n > 0, dice, torch.zeros_like(dice))
-        bce = F.binary_cross_entropy_with_logits(out.float(), target, reduction='none')
+        bce = F.binary_cross_entropy_with_logits(out, target, reduction='none')
         # nnU-Net's BCE: mean over voxels and regions; with an ignore label, sum over regions / unmasked voxels
         count = mask.sum() * (1 if self.has_ignore_label else out.shape[1])
         bce = (bce * mask).sum() / torch.clip(count, min=1e-8)

@@ -320,6 +320,43 @@ def test_segmentor_loss_of_an_empty_sub_batch_is_zero_with_zero_gradient(batch_d
     assert all(torch.count_nonzero(g) == 0 for g in torch.autograd.grad(value, outputs))
 
 
+@pytest.mark.parametrize('batch_dice', [True, False])
+def test_segmentor_loss_gradient_of_a_masked_sample_stays_finite_in_float16(batch_dice):
+    """A masked sample's Dice has derivative -1/smooth with respect to its (zero) sums: in float16 at the gradient
+    scaler's 2^16 that is inf, and inf times the mask's 0 NaN (every CIML step with a missing modality was skipped
+    under a GPU's autocast). The loss's gradient stays finite, the masked sample's is exactly 0, the value is the
+    float32 one."""
+    outputs, targets = _loss_batch()
+    loss = SegmentorRegionLoss(batch_dice=batch_dice, ddp=False, deep_supervision_weights=[2 / 3, 1 / 3])
+    present = torch.tensor([True, False, True])
+    reference = loss(outputs, targets, [0, 1, 2], present)
+    half = [o.detach().half().requires_grad_() for o in outputs]
+    with torch.autocast('cpu', dtype=torch.float16):
+        value = loss(half, targets, [0, 1, 2], present)
+    grads = torch.autograd.grad(2.0 ** 16 * value, half)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert all(torch.count_nonzero(g[1]) == 0 for g in grads) and torch.count_nonzero(grads[0][0]) > 0
+    assert value.item() == pytest.approx(reference.item(), rel=1e-3)
+
+
+def test_network_gradients_with_missing_modalities_stay_finite_under_float16_autocast():
+    """The whole network under float16 autocast (nnU-Net's GPU training, here on the CPU), each segmentor's loss
+    masked to the samples that have its modality, scaled by the gradient scaler's initial 2^16: every parameter's
+    gradient is finite."""
+    net = make_network().train()
+    x = torch.randn(2, 4, 16, 16, 16)
+    availability = torch.tensor([[True, False, False, False], [False, True, True, True]])
+    loss = SegmentorRegionLoss(batch_dice=False, ddp=False, deep_supervision_weights=[2 / 3, 1 / 3, 0.0])
+    with torch.autocast('cpu', dtype=torch.float16):
+        _, losses, extras = net(x * availability[:, :, None, None, None], availability, full_output=True)
+        outputs = extras['segmentor_outputs']
+        assert outputs[0][0].dtype == torch.float16                       # the autocast precision reached them
+        targets = [(torch.rand(o.shape) > 0.7).float() for o in outputs[0]]
+        total = losses['kl'] + sum(loss(outputs[m], targets, [0, 1, 2], availability[:, m]) for m in range(4))
+    (2.0 ** 16 * total).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
 # ------------------------------------------------------------------------------------------------ DDP
 def _ddp_worker(rank: int, world: int, port: int, results):
     torch.set_num_threads(1)
