@@ -70,9 +70,9 @@ class SegmentorRegionLoss(nn.Module):
 
         float32 because a masked sample's Dice has intersection and sums 0: its derivative with respect to the sum
         is ``-1/smooth`` (1e5, over the samples and regions it is averaged over), which overflows a float16 gradient
-        at the scales nnU-Net's gradient scaler uses (from 2^16), and ``inf`` times the mask's 0 is NaN: under a
-        GPU's autocast every step with a missing modality was skipped until the scale had fallen to ~1. In float32
-        the mask's 0 zeroes it like any other value."""
+        at the scales nnU-Net's gradient scaler uses (from 2^16), and ``inf`` times the mask's 0 is NaN, so under a
+        GPU's autocast the scaler skips the step (docs/results/2026-12-04-compute-gpu-h200.md). In float32 the
+        mask's 0 zeroes it like any other value."""
         out = region_channels(out, regions).float()
         target = region_channels(tgt, regions).to(torch.float32)
         mask = present.reshape((-1,) + (1,) * (tgt.ndim - 1)).expand(-1, 1, *tgt.shape[2:])
