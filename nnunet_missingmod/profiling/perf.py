@@ -197,7 +197,7 @@ def measure(dataset: str, configuration: str, trainer_name: str, plans: str, dev
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
-    figures.update(loss_figures(losses, getattr(trainer, '_epoch_terms', {}), scale_before,
+    figures.update(loss_figures(losses, getattr(trainer, 'epoch_loss_terms', {}), scale_before,
                                 trainer.grad_scaler.get_scale() if trainer.grad_scaler is not None else None))
     figures['step_s'] = statistics.median(times[warmup:])
     figures['step_cpu_s'] = statistics.median(cpu_times[warmup:])

@@ -255,6 +255,12 @@ class nnUNetTrainerMissingModality(nnUNetTrainer):
         return {k: v / total for k, v in norms.items()}
 
     # ----------------------------------------------------------------- training loop
+    @property
+    def epoch_loss_terms(self) -> Dict[str, List[torch.Tensor]]:
+        """This epoch's unweighted loss terms so far: ``{name: [one detached value per training step]}`` (a copy;
+        cleared when an epoch starts)."""
+        return {name: list(values) for name, values in self._epoch_terms.items()}
+
     def on_train_epoch_start(self):
         self._epoch_terms.clear()
         self._epoch_log.clear()

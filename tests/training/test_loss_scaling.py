@@ -40,3 +40,27 @@ def test_logged_figures_and_clipped_steps_reach_the_training_log(tmp_path, monke
     trainer.on_train_epoch_end([{'loss': np.array(1.0)}, {'loss': np.array(2.0)}])
     assert any('train figures: kl_stage1 2' in line for line in lines), lines
     assert any('clipped at 12 in 50.0% of the steps' in line for line in lines), lines
+
+
+def test_epoch_loss_terms_hold_one_value_per_step_and_clear_at_epoch_start(tmp_path, monkeypatch):
+    trainer = make_trainer(PerSampleKL, tmp_path)
+    monkeypatch.setattr(trainer, 'present_channels', lambda key: np.ones(4, dtype=bool))
+    trainer.gradient_share_steps = 0                         # the one-off per-term gradient diagnostic
+    weight = next(trainer.network.parameters())
+    steps = iter([(0.5, 7.0), (0.25, 3.0)])
+
+    def forward_loss(data, target, availability):
+        seg, kl = next(steps)
+        return (weight.sum() * 0.0 + seg, {'seg': torch.tensor(seg), 'kl': torch.tensor(kl)})
+
+    monkeypatch.setattr(trainer, 'forward_loss', forward_loss)
+    trainer.on_train_epoch_start()
+    batch = {'data': torch.zeros(2, 4, 16, 16, 16), 'target': torch.zeros(2, 3, 16, 16, 16), 'keys': ['a', 'b']}
+    for _ in range(2):
+        trainer.train_step(batch)
+    terms = trainer.epoch_loss_terms
+    assert {k: [float(v) for v in values] for k, values in terms.items()} == {'seg': [0.5, 0.25], 'kl': [7.0, 3.0]}
+    terms['seg'].clear()                                     # a copy: the trainer's record is untouched
+    assert len(trainer.epoch_loss_terms['seg']) == 2
+    trainer.on_train_epoch_start()
+    assert trainer.epoch_loss_terms == {}
