@@ -1,6 +1,7 @@
 """CIML's cross-modality information gate (CIG) and a U-Net decoder with a gate before each stage."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -21,10 +22,17 @@ class CIGModule(nn.Module):
     sigmoid), ``'attention'`` (+Attention, no VI), ``'vi'`` (+VI, attention maps replaced by the availability mask)
     and ``'attention_vi'`` (full CIG). ``forward`` returns the gated feature; after a call, :attr:`last` holds the
     tensors of that call (attention maps, per-message complementary representations, mu/log-variance).
+
+    ``initial_std`` (VI variants): the posterior's standard deviation at initialisation, set through the bias of the
+    log-variance convolution (``log sigma^2 = 2 ln initial_std``; its weights keep PyTorch's default). ``None``
+    keeps PyTorch's default bias, i.e. ``sigma ~ 1``: the prior's, where the KL's gradient on the log-variance is
+    zero. A small value is the deep variational information bottleneck's practice (A. A. Alemi, I. Fischer,
+    J. V. Dillon, K. Murphy, "Deep Variational Information Bottleneck", ICLR 2017: ``sigma = softplus(f(x) - 5)``,
+    about 0.0067 at the start): the messages start nearly deterministic and the KL raises sigma from there.
     """
 
     def __init__(self, channels: int, num_messages: int, conv_op, kernel_size, norm_op, norm_op_kwargs,
-                 nonlin, nonlin_kwargs, message_fusion: str = 'attention_vi'):
+                 nonlin, nonlin_kwargs, message_fusion: str = 'attention_vi', initial_std: Optional[float] = None):
         super().__init__()
         if message_fusion not in MESSAGE_FUSIONS[1:]:
             raise ValueError(f"unknown CIG message fusion {message_fusion!r}; choose one of {MESSAGE_FUSIONS[1:]}")
@@ -50,6 +58,14 @@ class CIGModule(nn.Module):
         if self.use_vi:
             # one (mu, log-variance) 1x1 conv pair per message, run as a single grouped conv
             self.mu_logvar = conv_op(k * channels, 2 * k * channels, 1, 1, 0, groups=k, bias=True)
+            if initial_std is not None:
+                if not initial_std > 0:
+                    raise ValueError(f"initial_std must be positive, not {initial_std}")
+                with torch.no_grad():   # output channels per message: C means, then C log-variances
+                    self.mu_logvar.bias.view(k, 2, channels)[:, 1] = 2.0 * math.log(initial_std)
+        elif initial_std is not None:
+            raise ValueError(f"initial_std applies to the variational gates ('vi', 'attention_vi'), not "
+                             f"{message_fusion!r}")
         if message_fusion != 'plain':
             self.align = conv_op(channels, channels, 1, 1, 0, bias=False)
         self.last: Dict[str, object] = {}
@@ -84,7 +100,8 @@ def run_gates(gates: Sequence[CIGModule], local: torch.Tensor, messages: torch.T
     After the call each gate's :attr:`CIGModule.last` holds its share: ``'attention'`` (B, K, ...), ``'mu'`` and
     ``'logvar'`` (B, K, C, ...), in training ``'kl'`` (B, K) (each message's KL to N(0, I) summed over channels and
     voxels, float32 or float64;
-    :func:`~nnunet_missingmod.losses.gaussian.reparameterised_sample_with_kl`),
+    :func:`~nnunet_missingmod.losses.gaussian.reparameterised_sample_with_kl`) and the log's ``'std'`` and
+    ``'share'`` (B,) (:func:`_message_figures`),
     ``'representations'`` (K tensors (B, C, ...)), and ``'representation_sum'``, the
     (B, M, C, ...) sum over messages that the alignment convolution receives, of which the gate's is slot
     ``'slot'`` (the tensor in the graph: gradients of the output with respect to a gate's summed representation,
@@ -116,14 +133,31 @@ def run_gates(gates: Sequence[CIGModule], local: torch.Tensor, messages: torch.T
     else:
         z = weighted
     summed = z.sum(2)                                                          # (B, M, C, ...)
+    figures = _message_figures(gates, local, mu, logvar, mask_b) if kl is not None else None
     for i, gate in enumerate(gates):
         gate.last = {'attention': attention[:, i], 'representations': z[:, i].unbind(1),
                      'representation_sum': summed, 'slot': i}
         if mu is not None:
             gate.last.update(mu=mu[:, i], logvar=logvar[:, i])
         if kl is not None:
-            gate.last['kl'] = kl[:, i]
+            gate.last.update(kl=kl[:, i], std=figures[0][:, i], share=figures[1][:, i])
     return local + grouped_forward([g.align for g in gates], summed.flatten(1, 2)).unflatten(1, (m, c))
+
+
+@torch.no_grad()
+def _message_figures(gates: Sequence[CIGModule], local: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                     mask_b: torch.Tensor):
+    """Per sample and gate (each (B, M), float32), for the training log: the mean posterior std ``sigma`` over
+    the present messages' elements, and the *share* of the messages at inference, ``rms(align(sum_j a_j mu_j)) /
+    rms(F)``: the size of what the gate adds to the local feature F when ``kappa = mu``, relative to F. (A share near
+    0 means the messages barely move the decoder at test time; in training the sample's noise comes on top.)"""
+    present = mask_b.unsqueeze(3).float()                                      # (B, M, K, 1, ...)
+    elements = (mask_b.float().flatten(2).sum(2) * logvar.shape[3:].numel()).clamp_min(1.0)    # (B, M)
+    std = (logvar.float().mul(0.5).exp() * present).flatten(2).sum(2) / elements
+    added = grouped_forward([g.align for g in gates], (mu * mask_b.unsqueeze(3)).sum(2).flatten(1, 2))
+    added = added.unflatten(1, (local.shape[1], -1)).float()
+    share = added.square().flatten(2).mean(2).sqrt() / local.float().square().flatten(2).mean(2).sqrt().clamp_min(1e-12)
+    return std, share
 
 
 # ----------------------------------------------------------------------------------------------- gated decoder

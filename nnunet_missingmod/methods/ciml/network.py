@@ -163,11 +163,13 @@ class CIMLNetwork(MissingModalityNetwork):
     Each segmentor's decoder is a :class:`~nnunet_missingmod.methods.ciml.gates.GatedUNetDecoder` (the plans'
     ``UNetDecoder`` with its layers as built); the gates (:class:`~nnunet_missingmod.methods.ciml.gates.CIGModule`)
     are :attr:`cigs`, ``cigs[m][s]`` the gate of segmentor ``m`` before its decoder stage ``s``.
-    ``message_fusion`` is the Table 5 variant (:data:`~nnunet_missingmod.methods.ciml.gates.MESSAGE_FUSIONS`).
+    ``message_fusion`` is the Table 5 variant (:data:`~nnunet_missingmod.methods.ciml.gates.MESSAGE_FUSIONS`);
+    ``message_initial_std`` the variational gates' posterior std at initialisation (``CIGModule``'s ``initial_std``).
     """
 
     def __init__(self, segmentors: Sequence[nn.Module], task_map: Sequence[Sequence[int]], num_regions: int,
-                 message_fusion: str = 'attention_vi', fallback: bool = True):
+                 message_fusion: str = 'attention_vi', fallback: bool = True,
+                 message_initial_std: Optional[float] = None):
         super().__init__()
         if message_fusion not in MESSAGE_FUSIONS:
             raise ValueError(f"unknown CIML message fusion {message_fusion!r}; choose one of {MESSAGE_FUSIONS}")
@@ -201,7 +203,7 @@ class CIMLNetwork(MissingModalityNetwork):
                 self.cigs.append(nn.ModuleList(
                     CIGModule(enc.output_channels[-(s + 1)], num_modalities - 1, enc.conv_op,
                               enc.kernel_sizes[-(s + 1)], enc.norm_op, enc.norm_op_kwargs, enc.nonlin,
-                              enc.nonlin_kwargs, message_fusion) for s in range(n_dec)))
+                              enc.nonlin_kwargs, message_fusion, message_initial_std) for s in range(n_dec)))
 
     @property
     def deep_supervision(self) -> bool:
@@ -290,19 +292,31 @@ class CIMLNetwork(MissingModalityNetwork):
     def _kl(self, avail: torch.Tensor, num_voxels: int):
         """(loss term, nats per sample, logged figures) of the last forward's gates, summed over segmentors (module
         docstring). The figures are each gate's KL in nats per sample, ``kl_seg<m>_gate<s>`` (segmentor ``m``,
-        decoder stage ``s``, 0 = the bottleneck), over the samples where segmentor ``m`` is present."""
+        decoder stage ``s``, 0 = the bottleneck), over the samples where segmentor ``m`` is present, and per decoder
+        stage over all segmentors the posterior's mean std ``message_std_gate<s>`` and the messages' share at
+        inference ``message_share_gate<s>`` (:func:`~nnunet_missingmod.methods.ciml.gates.run_gates`)."""
         term, nats, figures = 0.0, 0.0, {}
+        stages = len(self.cigs[0])
+        std, share = [0.0] * stages, [0.0] * stages
+        receivers = avail.float()                                                # (B, M)
+        hearing = receivers * (avail[:, self.others].sum(2) > 0).float()         # present, with a present message
         for m in range(self.num_modalities):
-            receiver = avail[:, m].float()
+            receiver = receivers[:, m]
             count = receiver.sum().clamp_min(1.0)
             kl_m = 0.0
             for s, cig in enumerate(self.cigs[m]):
                 gate = (cig.kl_per_sample(avail[:, self.others[m]]) * receiver).sum() / count   # float32
                 figures[f'kl_seg{m}_gate{s}'] = gate.detach()
                 kl_m = kl_m + gate
+                std[s] = std[s] + (cig.last['std'] * hearing[:, m]).sum()
+                share[s] = share[s] + (cig.last['share'] * hearing[:, m]).sum()
             elements = num_voxels * (len(self.task_map[m]) or self.num_regions)
             term = term + kl_m / elements
             nats = nats + kl_m
+        heard = hearing.sum().clamp_min(1.0)
+        for s in range(stages):
+            figures[f'message_std_gate{s}'] = std[s] / heard
+            figures[f'message_share_gate{s}'] = share[s] / heard
         return term, nats, figures
 
     # ------------------------------------------------------------------------------- construction
@@ -310,10 +324,11 @@ class CIMLNetwork(MissingModalityNetwork):
     def build_from_architecture(cls, architecture: PlansArchitecture, num_input_channels: int,
                                 num_output_channels: int, *, width_factor: float, deep_supervision: bool,
                                 task_map: Sequence[Sequence[int]], message_fusion: str = 'attention_vi',
-                                fallback: bool = True) -> 'CIMLNetwork':
+                                fallback: bool = True, message_initial_std: Optional[float] = None
+                                ) -> 'CIMLNetwork':
         """``from_plans(configuration_manager, M, R, width_factor=..., deep_supervision=..., task_map=...,
-        message_fusion=..., fallback=...)``: one segmentor per modality (one input channel each), the plans' U-Net
+        message_fusion=..., fallback=..., message_initial_std=...)``: one segmentor per modality (one input channel each), the plans' U-Net
         with its widths scaled, built by nnU-Net's ``get_network_from_plans``."""
         scaled = architecture.scaled(width_factor)
         segmentors = [scaled.build(1, num_output_channels, deep_supervision) for _ in range(num_input_channels)]
-        return cls(segmentors, task_map, num_output_channels, message_fusion, fallback)
+        return cls(segmentors, task_map, num_output_channels, message_fusion, fallback, message_initial_std)

@@ -29,6 +29,7 @@ dataset.json, by ``nnUNetv2_predict`` -- reads it back from ``configuration_mana
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Mapping, Optional, Sequence, Union
 
 import torch
@@ -61,6 +62,8 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
     #: fallback heads (our extension): supervise the regions outside each segmentor's task and predict a region
     #: from them when all its segmentors are missing. False: the paper's model (no such loss; region predicted absent)
     ciml_fallback: bool = True
+    #: the variational gates' posterior std at initialisation; None: PyTorch's default bias (sigma ~ 1, the prior's)
+    ciml_message_initial_std: Optional[float] = None
     #: beta of Eq. 8 for the KL term, weight of the fallback heads' loss; kl_per_sample is logged only
     aux_loss_weights: Dict[str, float] = {'kl': 0.5, 'fallback': 0.1, 'kl_per_sample': 0.0}
     loss_term_units: Dict[str, str] = {'kl': 'nats/(voxel*region)', 'kl_per_sample': 'nats/sample'}
@@ -90,7 +93,7 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
         return CIMLNetwork.from_plans(
             configuration_manager, num_input_channels, num_output_channels, width_factor=cls.width_factor,
             deep_supervision=enable_deep_supervision, task_map=task_map, message_fusion=cls.ciml_message_fusion,
-            fallback=cls.ciml_fallback)
+            fallback=cls.ciml_fallback, message_initial_std=cls.ciml_message_initial_std)
 
     def initialize(self):
         super().initialize()
@@ -210,3 +213,11 @@ class nnUNetTrainerCIML_width1(nnUNetTrainerCIML):
     """Segmentors at the plans' full widths (four nnU-Net-wide U-Nets): the capacity reference for the
     narrower defaults, so that an ablation study can tell a shortfall of capacity from one of mechanism."""
     width_factor = 1.0
+
+
+class nnUNetTrainerCIML_smallInitStd(nnUNetTrainerCIML):
+    """The variational gates' posterior std starts at exp(-5) ~ 0.0067 (the deep variational information bottleneck's
+    start, Alemi et al., ICLR 2017) instead of ~1: with sigma ~ 1 and |mu| ~ 0.1 a message is mostly noise in
+    training, the KL's gradient on the log-variance is zero there, and the heads stay near their initialisation
+    (the figures: docs/results/)."""
+    ciml_message_initial_std = math.exp(-5.0)
