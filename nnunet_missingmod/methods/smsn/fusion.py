@@ -8,6 +8,8 @@ and Generalizable Multi-Modal Brain Tumor Segmentation" ("the paper" below).
 """
 from __future__ import annotations
 
+import math
+
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -165,8 +167,11 @@ class SMSNFusion(nn.Module):
                  use_reconstruction: bool = True, use_specific: bool = True, use_orthogonality: bool = True,
                  beta: float = 0.7, gamma: float = 0.3, num_heads: int = 8, depth: int = 1, mlp_ratio: float = 2.0,
                  strides: Sequence | None = None, reconstruction_channels: int = 8,
-                 orthogonality_cosine: bool = True):
+                 orthogonality_cosine: bool = True, initial_std: float | None = None):
         super().__init__()
+        if initial_std is not None and not initial_std > 0:
+            raise ValueError(f"initial_std must be positive, not {initial_std}")
+        self.initial_std = initial_std
         if num_modalities < 2:
             raise ValueError(f"SMSN fuses modalities sequentially and needs at least 2, got {num_modalities}")
         if order_mode not in ORDER_MODES:
@@ -201,14 +206,19 @@ class SMSNFusion(nn.Module):
         return nn.Sequential(conv_op(in_channels, latent, 1), nn.LeakyReLU(1e-2), conv_op(latent, 2 * latent, 1))
 
     def reset_gaussian_heads(self) -> None:
-        """Zero the last layer of both Gaussian heads: ``mu = 0, logvar = 0`` (the prior, KL = 0) at the start.
+        """Zero the last layer of both Gaussian heads: ``mu = 0, logvar = 0`` (the prior, KL = 0) at the start; with
+        :attr:`initial_std` the log-variance's bias is ``2 ln initial_std`` instead (``mu = 0``, ``sigma =
+        initial_std``: the deep variational information bottleneck's small start, A. A. Alemi, I. Fischer, J. V.
+        Dillon, K. Murphy, "Deep Variational Information Bottleneck", ICLR 2017). At the prior the KL's gradient on
+        the log-variance is zero and ``z`` is pure noise.
 
         :class:`~nnunet_missingmod.networks.multi_encoder.MultiEncoderFusionUNet` calls it again (through
         :meth:`after_weight_init`) after its He initialisation of all convolutions."""
         for head in (self.stage1, self.stage2):
             nn.init.zeros_(head[-1].weight)
-            if head[-1].bias is not None:
-                nn.init.zeros_(head[-1].bias)
+            nn.init.zeros_(head[-1].bias)
+            if self.initial_std is not None:   # output channels: K means, then K log-variances
+                nn.init.constant_(head[-1].bias[head[-1].out_channels // 2:], 2.0 * math.log(self.initial_std))
 
     def after_weight_init(self) -> None:
         """Called by the network after its He initialisation of every convolution."""

@@ -5,6 +5,7 @@ and 9) as one-attribute subclasses. The network is the multi-encoder U-Net of th
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Tuple
 
 from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import nnUNetTrainerVanillaAdam1en3
@@ -69,6 +70,8 @@ class nnUNetTrainerSMSN(nnUNetTrainerConcatFusion):
     smsn_reconstruction_channels: int = 8
     #: L_o as the squared cosine (default) instead of the paper's squared dot product, see the class docstring
     smsn_orthogonality_cosine: bool = True
+    #: the Gaussian heads' posterior std at initialisation; None: the prior's (mu = 0, sigma = 1)
+    smsn_initial_std: Optional[float] = None
     #: see the class docstring: Eq. 4's compression weight 1 (the KL per sample scaled by the base trainer's rule),
     #: L_r and L_o as in the paper
     aux_loss_weights: Dict[str, float] = {'kl': 1.0, 'recon': 1.0, 'orth': 1.0}
@@ -87,7 +90,8 @@ class nnUNetTrainerSMSN(nnUNetTrainerConcatFusion):
                               use_orthogonality=cls.smsn_use_orthogonality, beta=cls.smsn_beta, gamma=cls.smsn_gamma,
                               num_heads=cls.smsn_num_heads, depth=cls.smsn_depth, strides=strides,
                               reconstruction_channels=cls.smsn_reconstruction_channels,
-                              orthogonality_cosine=cls.smsn_orthogonality_cosine)
+                              orthogonality_cosine=cls.smsn_orthogonality_cosine,
+                              initial_std=cls.smsn_initial_std)
         return build
 
     def initialize(self):
@@ -181,3 +185,10 @@ class nnUNetTrainerSMSN_Adam(nnUNetTrainerSMSN, nnUNetTrainerVanillaAdam1en3):
     reconstruction decoders of ``L_r`` learn nothing within the short schedules measured here (``recon`` stays at
     ``recon_zero``), so ``L_r`` rewards no information in ``z`` and the KL compresses the bottleneck to the prior;
     with Adam the decoders learn and the latent stays informative (docs/results/2026-12-03-mechanisms.md)."""
+
+
+class nnUNetTrainerSMSN_smallInitStd(nnUNetTrainerSMSN):
+    """The Gaussian heads' posterior std starts at exp(-5) ~ 0.0067 (the deep variational information bottleneck's
+    start, Alemi et al., ICLR 2017) instead of at the prior's 1, where ``z`` is pure noise and the KL's gradient on
+    the log-variance is zero; model, losses and optimizer are the default's."""
+    smsn_initial_std = math.exp(-5.0)

@@ -40,8 +40,9 @@ VARIANTS = {
 def test_every_smsn_variant_trainer_is_covered():
     variants = {cls for cls in vars(ft).values()
                 if isinstance(cls, type) and issubclass(cls, ft.nnUNetTrainerSMSN) and cls is not ft.nnUNetTrainerSMSN}
-    # the capacity reference and the optimizer variant train the default's loss: tests below
-    assert variants == set(VARIANTS) | {ft.nnUNetTrainerSMSN_width1, ft.nnUNetTrainerSMSN_Adam}
+    # the capacity reference, the optimizer and the initialisation variants train the default's loss: tests below
+    assert variants == set(VARIANTS) | {ft.nnUNetTrainerSMSN_width1, ft.nnUNetTrainerSMSN_Adam,
+                                        ft.nnUNetTrainerSMSN_smallInitStd}
 
 
 def test_width1_encoders_have_the_plans_widths(tmp_path):
@@ -61,6 +62,17 @@ def test_adam_variant_trains_the_default_model_with_adam(tmp_path):
     assert {k: v.shape for k, v in adam.network.state_dict().items()} == \
         {k: v.shape for k, v in default.network.state_dict().items()}
     assert adam.aux_loss_weights == default.aux_loss_weights
+
+
+def test_small_initial_std_variant_starts_its_posteriors_at_that_std(tmp_path):
+    small = make_trainer(ft.nnUNetTrainerSMSN_smallInitStd, tmp_path / 'small')
+    default = make_trainer(ft.nnUNetTrainerSMSN, tmp_path / 'default')
+    for trainer, logvar in ((small, -10.0), (default, 0.0)):
+        for head in (trainer.bare_network.fusion.stage1, trainer.bare_network.fusion.stage2):
+            latent = head[-1].out_channels // 2
+            assert not head[-1].weight.any() and not head[-1].bias[:latent].any()     # mu = 0 whatever the input
+            assert torch.equal(head[-1].bias[latent:], torch.full((latent,), logvar))
+    assert small.aux_loss_weights == default.aux_loss_weights
 
 
 def batch():

@@ -1,4 +1,6 @@
 """SMSN's bottleneck in the training log (KL per stage, active channels) and its knock-outs at inference."""
+import math
+
 import pytest
 import torch
 
@@ -27,6 +29,23 @@ def test_training_forward_logs_both_stages():
     # the heads start at the prior: KL 0 and no active channel
     assert all(float(out.extras['log'][k]) == 0 for k in ('kl_stage1', 'active_stage1', 'kl_stage2', 'active_stage2'))
     assert float(out.losses['kl'].detach()) == pytest.approx(0.0)
+
+
+def test_a_small_initial_std_starts_every_latent_channel_at_its_closed_form_kl():
+    net = build('smsn', initial_std=0.01).train()     # through the network's He initialisation and its reset
+    seen = {}
+    net.fusion.stage1.register_forward_hook(lambda m, args, out: seen.__setitem__('voxels', out.shape[2:].numel()))
+    availability = torch.stack(masks_of(4))
+    x = torch.randn(len(availability), 4, *PATCH) * availability[:, :, None, None, None]
+    out = net(x, availability, full_output=True)
+    per_element = 0.5 * (0.01 ** 2 - 1.0 - 2.0 * math.log(0.01))     # KL(N(0, 0.01^2) || N(0, 1)) = 4.10522 nats
+    for stage, head in (('stage1', net.fusion.stage1), ('stage2', net.fusion.stage2)):
+        latent = head[-1].out_channels // 2
+        assert float(out.extras['log'][f'kl_{stage}']) == pytest.approx(latent * seen['voxels'] * per_element,
+                                                                         rel=1e-5)
+        assert float(out.extras['log'][f'active_{stage}']) == 1.0
+    with pytest.raises(ValueError, match='initial_std must be positive'):
+        build('smsn', initial_std=-1.0)
 
 
 def test_recon_zero_is_the_reconstruction_loss_of_predicting_zero():
