@@ -218,6 +218,6 @@ class nnUNetTrainerCIML_width1(nnUNetTrainerCIML):
 class nnUNetTrainerCIML_smallInitStd(nnUNetTrainerCIML):
     """The variational gates' posterior std starts at exp(-5) ~ 0.0067 (the deep variational information bottleneck's
     start, Alemi et al., ICLR 2017) instead of ~1: with sigma ~ 1 and |mu| ~ 0.1 a message is mostly noise in
-    training, the KL's gradient on the log-variance is zero there, and the heads stay near their initialisation
-    (the figures: docs/results/)."""
+    training, the KL's gradient on the log-variance is zero there, and under SGD the heads stay near their
+    initialisation (docs/methods/ciml.md, *Where sigma starts*)."""
     ciml_message_initial_std = math.exp(-5.0)
