@@ -89,13 +89,21 @@ def latent_figures(kl: torch.Tensor, name: str) -> Losses:
     return {f'kl_{name}': kl.flatten(1).sum(1).mean(), f'active_{name}': (per_channel > ACTIVE_CHANNEL_NATS).float().mean()}
 
 
-def latent_share(latent_part: torch.Tensor, features: torch.Tensor, availability: torch.Tensor) -> torch.Tensor:
+def latent_share(latent_part: torch.Tensor, features: torch.Tensor, availability: torch.Tensor,
+                 varying: bool = False) -> torch.Tensor:
     """Logged figure ``latent_share``: rms of what the fused latent adds to the decoder's input, ``W z_2`` (``z~_2``
     without the projection's bias, ``(B, C, *spatial)``), over the rms of the term it is added to, the present
     modalities' ``x_{s_i}`` (``(B, M, C, *spatial)``). Near 0, the decoder's input is ``x_{s_i}`` alone whatever
-    ``z_2`` holds: a knock-out of the bottleneck changes nothing."""
+    ``z_2`` holds: a knock-out of the bottleneck changes nothing.
+
+    ``varying=True`` (figure ``latent_share_varying``): ``W z_2`` less its spatial mean per sample and channel. A
+    per-channel constant added to the decoder's input is mostly removed by the decoder's instance normalisation, so
+    a large ``latent_share`` with a small ``latent_share_varying`` is a latent the decoder uses as a bias only."""
+    latent = latent_part.detach().float()
+    if varying:
+        latent = latent - latent.mean(tuple(range(2, latent.ndim)), keepdim=True)
     present = features[availability]
-    return latent_part.detach().float().square().mean().sqrt() / present.detach().float().square().mean().sqrt()
+    return latent.square().mean().sqrt() / present.detach().float().square().mean().sqrt()
 
 
 class SMSNFusion(nn.Module):
@@ -150,7 +158,8 @@ class SMSNFusion(nn.Module):
        :func:`~nnunet_missingmod.methods.smsn.losses.orthogonality_loss`.
        ``x'_i = x_{s_i} + z~_2``; the decoder gets the mean of ``x'_i`` over the present modalities. Without the
        specific module (Table 4 ablation) ``x'_i = x_i + z~_2`` and there is no ``L_o``. The logged figure
-       ``latent_share`` (:func:`latent_share`) is the size of what ``z_2`` adds to ``x'_i`` relative to ``x_{s_i}``.
+       ``latent_share`` (:func:`latent_share`) is the size of what ``z_2`` adds to ``x'_i`` relative to ``x_{s_i}``,
+       ``latent_share_varying`` that of its spatially varying part.
 
     ``bottleneck_ratios`` give ``(K_1, K_2)`` relative to the modality feature width ``C`` (rounded, at least 1);
     the paper's best (Table 9) is 128 and 256 for 128-channel modality features, i.e. ``(1, 2)``, the default. ``strides`` are the encoder's strides (needed by the reconstruction
@@ -310,6 +319,7 @@ class SMSNFusion(nn.Module):
         else:
             specific = features
         if self.training:
-            log['latent_share'] = latent_share(common - self.common.bias.view(1, -1, *[1] * (common.ndim - 2)),
-                                               specific, availability)
+            added = common - self.common.bias.view(1, -1, *[1] * (common.ndim - 2))
+            log['latent_share'] = latent_share(added, specific, availability)
+            log['latent_share_varying'] = latent_share(added, specific, availability, varying=True)
         return masked_mean(specific + common[:, None], availability), losses, log

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from methods.fusion.test_fusion_modules import PATCH, build, masks_of
-from nnunet_missingmod.methods.smsn.fusion import latent_figures
+from nnunet_missingmod.methods.smsn.fusion import latent_figures, latent_share
 
 
 def test_latent_figures_by_hand():
@@ -19,13 +19,22 @@ def test_latent_figures_by_hand():
     assert float(figures['active_stage1']) == pytest.approx(2 / 3)
 
 
+def test_a_spatially_constant_latent_has_no_varying_share():
+    features, availability = torch.randn(2, 4, 3, 2, 2, 2), torch.tensor([[True, True, False, True]] * 2)
+    constant = torch.arange(6.0).view(2, 3, 1, 1, 1).expand(2, 3, 2, 2, 2)
+    present_rms = features[availability].square().mean().sqrt()
+    assert float(latent_share(constant, features, availability)) == pytest.approx(
+        float(constant.square().mean().sqrt() / present_rms))
+    assert float(latent_share(constant, features, availability, varying=True)) == 0.0
+
+
 def test_training_forward_logs_both_stages():
     net = build('smsn').train()
     availability = torch.stack(masks_of(4))
     x = torch.randn(len(availability), 4, *PATCH) * availability[:, :, None, None, None]
     out = net(x, availability, full_output=True)
     assert set(out.extras['log']) == {'kl_stage1', 'active_stage1', 'kl_stage2', 'active_stage2', 'recon_zero',
-                                      'latent_share'}
+                                      'latent_share', 'latent_share_varying'}
     # the heads start at the prior: KL 0 and no active channel
     assert all(float(out.extras['log'][k]) == 0 for k in ('kl_stage1', 'active_stage1', 'kl_stage2', 'active_stage2'))
     assert float(out.losses['kl'].detach()) == pytest.approx(0.0)
@@ -74,6 +83,10 @@ def test_latent_share_is_the_rms_of_what_z2_adds_over_the_rms_of_the_present_spe
     expected = added.pow(2).mean().sqrt() / present.pow(2).mean().sqrt()
     assert float(expected) > 0
     assert float(out.extras['log']['latent_share']) == pytest.approx(float(expected), rel=1e-4)
+    varying = added - added.mean((2, 3, 4), keepdim=True)          # what instance normalisation cannot remove
+    assert 0 < float(out.extras['log']['latent_share_varying']) < float(expected)
+    assert float(out.extras['log']['latent_share_varying']) == pytest.approx(
+        float(varying.pow(2).mean().sqrt() / present.pow(2).mean().sqrt()), rel=1e-4)
 
 
 def _perturbed_smsn():
