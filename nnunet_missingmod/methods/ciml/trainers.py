@@ -18,6 +18,10 @@ Loss (Eq. 8 per segmentor, summed over segmentors; the base trainer's one rule `
   are missing. :class:`nnUNetTrainerCIML_paper` has no fallback term;
 * ``kl_per_sample`` (weight 0, logged only): the same KL in nats per sample, Eq. 10 literally.
 
+Initialisation (a reading; the paper gives none): the gates' posterior std starts at ``exp(-5)``, the deep
+variational information bottleneck's start, not at the prior's 1, where the messages are mostly noise in training
+and go unused at inference (:class:`nnUNetTrainerCIML_priorInitStd`; docs/methods/ciml.md, *Where sigma starts*).
+
 Gradients: messages are not detached, so a segmentor's loss also trains the encoders of the present segmentors
 that send it messages (the paper's reading, see :mod:`nnunet_missingmod.methods.ciml.network`); a segmentor is *not*
 trained as if alone.
@@ -62,8 +66,10 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
     #: fallback heads (our extension): supervise the regions outside each segmentor's task and predict a region
     #: from them when all its segmentors are missing. False: the paper's model (no such loss; region predicted absent)
     ciml_fallback: bool = True
-    #: the variational gates' posterior std at initialisation; None: PyTorch's default bias (sigma ~ 1, the prior's)
-    ciml_message_initial_std: Optional[float] = None
+    #: the variational gates' posterior std at initialisation, exp(-5) ~ 0.0067 as in the deep variational information
+    #: bottleneck (Alemi et al., ICLR 2017); None: PyTorch's default bias, sigma ~ 1 (the prior's), under which the
+    #: messages are mostly noise in training and unused at inference (:class:`nnUNetTrainerCIML_priorInitStd`)
+    ciml_message_initial_std: Optional[float] = math.exp(-5.0)
     #: beta of Eq. 8 for the KL term, weight of the fallback heads' loss; kl_per_sample is logged only
     aux_loss_weights: Dict[str, float] = {'kl': 0.5, 'fallback': 0.1, 'kl_per_sample': 0.0}
     loss_term_units: Dict[str, str] = {'kl': 'nats/(voxel*region)', 'kl_per_sample': 'nats/sample'}
@@ -137,11 +143,13 @@ class nnUNetTrainerCIML_NoMessage(nnUNetTrainerCIML):
 class nnUNetTrainerCIML_Message(nnUNetTrainerCIML):
     """Table 5 '+Message': concatenated messages -> one conv + norm + sigmoid, added to the local feature."""
     ciml_message_fusion = 'plain'
+    ciml_message_initial_std = None     # no posterior
 
 
 class nnUNetTrainerCIML_MessageAttention(nnUNetTrainerCIML):
     """Table 5 '+Message +Attention': cross-modal spatial attention, no variational inference (no KL)."""
     ciml_message_fusion = 'attention'
+    ciml_message_initial_std = None     # no posterior
 
 
 class nnUNetTrainerCIML_MessageVI(nnUNetTrainerCIML):
@@ -215,9 +223,10 @@ class nnUNetTrainerCIML_width1(nnUNetTrainerCIML):
     width_factor = 1.0
 
 
-class nnUNetTrainerCIML_smallInitStd(nnUNetTrainerCIML):
-    """The variational gates' posterior std starts at exp(-5) ~ 0.0067 (the deep variational information bottleneck's
-    start, Alemi et al., ICLR 2017) instead of ~1: with sigma ~ 1 and |mu| ~ 0.1 a message is mostly noise in
-    training, the KL's gradient on the log-variance is zero there, and under SGD the heads stay near their
-    initialisation (docs/methods/ciml.md, *Where sigma starts*)."""
-    ciml_message_initial_std = math.exp(-5.0)
+class nnUNetTrainerCIML_priorInitStd(nnUNetTrainerCIML):
+    """The variational gates' posterior std starts at ~1, the prior's (PyTorch's default bias of the log-variance
+    convolution): the default before 2026-12-04. There the KL's gradient on the log-variance is zero, and under
+    nnU-Net's SGD the heads stay near their initialisation for a short schedule: with sigma ~ 1 and |mu| ~ 0.1 a
+    message is mostly noise in training, and the trained model does not use the messages at inference (knocking them
+    out changes nothing; docs/methods/ciml.md, *Where sigma starts*)."""
+    ciml_message_initial_std = None

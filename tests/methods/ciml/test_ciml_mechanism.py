@@ -55,7 +55,7 @@ def test_logged_message_figures_are_the_posterior_std_and_what_the_gate_adds_at_
     gate.train()
     gate(local, messages, mask)
     std, share = gate.last['std'], gate.last['share']
-    sigma = gate.last['logvar'].mul(0.5).exp()                       # (B, K, C, ...)
+    sigma = gate.last['logvar'].detach().mul(0.5).exp()              # (B, K, C, ...)
     assert float(std[0]) == pytest.approx(float(sigma[0, [0, 2]].mean()), rel=1e-5)
     assert float(std[1]) == pytest.approx(float(sigma[1].mean()), rel=1e-5)
     with torch.no_grad():
@@ -65,10 +65,10 @@ def test_logged_message_figures_are_the_posterior_std_and_what_the_gate_adds_at_
     assert (share > 0).all()
 
 
-def test_small_initial_std_trainer_builds_gates_that_start_nearly_deterministic(tmp_path):
-    trainer = make_trainer(ct.nnUNetTrainerCIML_smallInitStd, tmp_path)
-    default = make_trainer(ct.nnUNetTrainerCIML, tmp_path / 'default')
-    for net, expected in ((trainer.bare_network, -10.0), (default.bare_network, None)):
+def test_default_gates_start_nearly_deterministic_and_the_prior_start_variant_at_sigma_one(tmp_path):
+    default = make_trainer(ct.nnUNetTrainerCIML, tmp_path)
+    prior = make_trainer(ct.nnUNetTrainerCIML_priorInitStd, tmp_path / 'prior')
+    for net, expected in ((default.bare_network, -10.0), (prior.bare_network, None)):
         for gates in net.cigs:
             for gate in gates:
                 c = gate.channels
