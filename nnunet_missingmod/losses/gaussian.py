@@ -6,8 +6,12 @@ Eq. 5, ``L_e``) and CIML's variational gates.
 * :func:`reparameterised_sample_with_kl` -- the reparameterised sample ``z = mu + sigma * eps`` of the same
   posterior together with its KL summed over the latent dimensions, as one autograd node that keeps only ``mu``,
   ``log sigma^2`` and ``eps`` for backward (CIML's gates, whose latent codes are full feature maps).
+* :func:`initial_log_variance` -- the log-variance bias that starts a posterior at a given std (both methods'
+  ``initial_std`` option).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -78,3 +82,11 @@ def reparameterised_sample_with_kl(mu: torch.Tensor, logvar: torch.Tensor, eps: 
     code's size; with a ``mu``/``logvar`` pair cut from one convolution output, ``mu.square()`` keeps that whole
     output as well)."""
     return _SampleWithKL.apply(mu, logvar, eps, start_dim)
+
+
+def initial_log_variance(initial_std: float) -> float:
+    """``log sigma^2 = 2 ln initial_std``: the log-variance (bias) that starts a posterior at std ``initial_std``; a
+    ValueError unless ``initial_std`` is positive."""
+    if not initial_std > 0:
+        raise ValueError(f"initial_std must be positive, not {initial_std}")
+    return 2.0 * math.log(initial_std)

@@ -1,14 +1,13 @@
 """CIML's cross-modality information gate (CIG) and a U-Net decoder with a gate before each stage."""
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from torch import nn
 
-from nnunet_missingmod.losses.gaussian import reparameterised_sample_with_kl
+from nnunet_missingmod.losses.gaussian import initial_log_variance, reparameterised_sample_with_kl
 from nnunet_missingmod.networks.grouped import grouped_forward
 
 #: CIML's message fusion variants of the paper's Table 5 (``'none'``: no gate at all)
@@ -59,10 +58,8 @@ class CIGModule(nn.Module):
             # one (mu, log-variance) 1x1 conv pair per message, run as a single grouped conv
             self.mu_logvar = conv_op(k * channels, 2 * k * channels, 1, 1, 0, groups=k, bias=True)
             if initial_std is not None:
-                if not initial_std > 0:
-                    raise ValueError(f"initial_std must be positive, not {initial_std}")
                 with torch.no_grad():   # output channels per message: C means, then C log-variances
-                    self.mu_logvar.bias.view(k, 2, channels)[:, 1] = 2.0 * math.log(initial_std)
+                    self.mu_logvar.bias.view(k, 2, channels)[:, 1] = initial_log_variance(initial_std)
         elif initial_std is not None:
             raise ValueError(f"initial_std applies to the variational gates ('vi', 'attention_vi'), not "
                              f"{message_fusion!r}")

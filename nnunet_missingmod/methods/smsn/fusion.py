@@ -8,8 +8,6 @@ and Generalizable Multi-Modal Brain Tumor Segmentation" ("the paper" below).
 """
 from __future__ import annotations
 
-import math
-
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -18,7 +16,7 @@ from dynamic_network_architectures.building_blocks.helper import convert_conv_op
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
 from torch import nn
 
-from nnunet_missingmod.losses.gaussian import gaussian_kl_standard_normal
+from nnunet_missingmod.losses.gaussian import gaussian_kl_standard_normal, initial_log_variance
 from nnunet_missingmod.methods.fusion.modules import Losses
 from nnunet_missingmod.methods.smsn.losses import masked_reconstruction_loss, orthogonality_loss
 from nnunet_missingmod.networks.masking import masked_mean
@@ -178,9 +176,8 @@ class SMSNFusion(nn.Module):
                  strides: Sequence | None = None, reconstruction_channels: int = 8,
                  orthogonality_cosine: bool = True, initial_std: float | None = None):
         super().__init__()
-        if initial_std is not None and not initial_std > 0:
-            raise ValueError(f"initial_std must be positive, not {initial_std}")
-        self.initial_std = initial_std
+        #: the Gaussian heads' log-variance bias at the start (None: 0, the prior's)
+        self.initial_logvar = None if initial_std is None else initial_log_variance(initial_std)
         if num_modalities < 2:
             raise ValueError(f"SMSN fuses modalities sequentially and needs at least 2, got {num_modalities}")
         if order_mode not in ORDER_MODES:
@@ -216,7 +213,7 @@ class SMSNFusion(nn.Module):
 
     def reset_gaussian_heads(self) -> None:
         """Zero the last layer of both Gaussian heads: ``mu = 0, logvar = 0`` (the prior, KL = 0) at the start; with
-        :attr:`initial_std` the log-variance's bias is ``2 ln initial_std`` instead (``mu = 0``, ``sigma =
+        ``initial_std`` the log-variance's bias is ``2 ln initial_std`` instead (``mu = 0``, ``sigma =
         initial_std``: the deep variational information bottleneck's small start, A. A. Alemi, I. Fischer, J. V.
         Dillon, K. Murphy, "Deep Variational Information Bottleneck", ICLR 2017). At the prior the KL's gradient on
         the log-variance is zero and ``z`` is pure noise.
@@ -226,8 +223,8 @@ class SMSNFusion(nn.Module):
         for head in (self.stage1, self.stage2):
             nn.init.zeros_(head[-1].weight)
             nn.init.zeros_(head[-1].bias)
-            if self.initial_std is not None:   # output channels: K means, then K log-variances
-                nn.init.constant_(head[-1].bias[head[-1].out_channels // 2:], 2.0 * math.log(self.initial_std))
+            if self.initial_logvar is not None:   # output channels: K means, then K log-variances
+                nn.init.constant_(head[-1].bias[head[-1].out_channels // 2:], self.initial_logvar)
 
     def after_weight_init(self) -> None:
         """Called by the network after its He initialisation of every convolution."""

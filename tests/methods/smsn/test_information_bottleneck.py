@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nnunet_missingmod.profiling.perf import saved_for_backward_bytes
-from nnunet_missingmod.losses.gaussian import gaussian_kl_standard_normal, reparameterised_sample_with_kl
+from nnunet_missingmod.losses.gaussian import (gaussian_kl_standard_normal, initial_log_variance,
+                                               reparameterised_sample_with_kl)
 from nnunet_missingmod.methods.smsn.losses import masked_reconstruction_loss, orthogonality_loss
 
 
@@ -176,3 +177,11 @@ def test_orthogonality_mask_excludes_entries_and_their_gradient():
         loss.backward()
         assert torch.all(specific.grad[0, 1] == 0) and torch.all(specific.grad[1, :2] == 0)
         assert specific.grad[0, 0].abs().sum() > 0
+
+
+def test_initial_log_variance_is_twice_the_log_of_the_std_and_refuses_a_non_positive_std():
+    assert initial_log_variance(math.exp(-5.0)) == pytest.approx(-10.0)
+    assert initial_log_variance(1.0) == 0.0                       # the prior's std
+    for bad in (0.0, -0.5):
+        with pytest.raises(ValueError, match='initial_std must be positive'):
+            initial_log_variance(bad)
