@@ -226,7 +226,7 @@ class nnUNetTrainerCIML_width1(nnUNetTrainerCIML):
 class nnUNetTrainerCIML_priorInitStd(nnUNetTrainerCIML):
     """The variational gates' posterior std starts at ~1, the prior's (PyTorch's default bias of the log-variance
     convolution): the default before 2026-12-04. There the KL's gradient on the log-variance is zero, and under
-    nnU-Net's SGD the heads stay near their initialisation for a short schedule: with sigma ~ 1 and |mu| ~ 0.1 a
-    message is mostly noise in training, and the trained model does not use the messages at inference (knocking them
-    out changes nothing; docs/methods/ciml.md, *Where sigma starts*)."""
+    nnU-Net's SGD the heads stay near their initialisation for a short schedule: a message is then mostly noise in
+    training, and the trained model does not use the messages at inference (the figures:
+    docs/results/2026-12-04-posterior-initial-std.md)."""
     ciml_message_initial_std = None
