@@ -217,6 +217,11 @@ class nnUNetTrainerCIML_budget_NoMessage(nnUNetTrainerCIML_NoMessage, nnUNetTrai
     """Table 5's 'Baseline' at the budget width: :class:`nnUNetTrainerCIML_budget` without message passing."""
 
 
+class nnUNetTrainerCIML_budget_MessageAttention(nnUNetTrainerCIML_MessageAttention, nnUNetTrainerCIML_budget):
+    """Table 5's '+Message +Attention' at the budget width: :class:`nnUNetTrainerCIML_budget` with deterministic
+    messages (no posterior, no KL), which tells what the variational part adds to the messages at this width."""
+
+
 class nnUNetTrainerCIML_width1(nnUNetTrainerCIML):
     """Segmentors at the plans' full widths (four nnU-Net-wide U-Nets): the capacity reference for the
     narrower defaults, so that an ablation study can tell a shortfall of capacity from one of mechanism."""

@@ -92,16 +92,17 @@ def test_budget_gradient_differs_from_the_default_where_its_widths_differ(tmp_pa
     assert [s.encoder.output_channels for s in same.bare_network.segmentors] == [[4, 8, 8]] * 4
 
 
-def test_budget_ablation_keeps_the_budget_widths_and_changes_the_gradient(tmp_path):
+@pytest.mark.parametrize('name', ['nnUNetTrainerCIML_budget_NoMessage', 'nnUNetTrainerCIML_budget_MessageAttention'])
+def test_budget_ablation_keeps_the_budget_widths_and_changes_the_gradient(tmp_path, name):
     plans = small_plans((8, 16, 32, 64))
     budget = make_trainer(ct.nnUNetTrainerCIML_budget, tmp_path / 'budget', plans=plans)
-    ablation = make_trainer(ct.nnUNetTrainerCIML_budget_NoMessage, tmp_path / 'ablation', plans=plans, seed=1)
+    ablation = make_trainer(getattr(ct, name), tmp_path / 'ablation', plans=plans, seed=1)
     assert [s.encoder.output_channels for s in ablation.bare_network.segmentors] == [[8, 8, 8, 12]] * 4
     shared = copy_matching_weights(budget.network, ablation.network)
     data, target, availability = batch(levels=3)
     reference = loss_gradients(budget, data, target, availability)
     diff = relative_gradient_difference(loss_gradients(ablation, data, target, availability), reference, shared)
-    print(f'nnUNetTrainerCIML_budget_NoMessage against _budget: relative gradient difference {diff:.3f}')
+    print(f'{name} against _budget: relative gradient difference {diff:.3f}')
     assert diff > MARGIN
 
 
