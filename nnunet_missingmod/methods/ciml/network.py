@@ -30,7 +30,9 @@ Architecture
   ``L_com``, and in the paper's demonstration (Sec. 4.3) the auxiliary encoder has no loss of its own, so it is
   trained only through the primary sub-task's loss (there only the *primary* features entering the mu/sigma path
   are detached). A segmentor's encoder is therefore trained by its own loss and by the losses of the segmentors
-  it sends messages to ("mutual learning").
+  it sends messages to ("mutual learning"). ``detach_messages=True`` (an ablation, not the paper's) detaches
+  the messages from their senders: a segmentor still hears the others, but its encoder is trained by its own loss
+  only, which tells what the mutual learning adds to the message passing.
 
 * **KL** (Eq. 10): ``L_KL = 1/N sum_i KL[p(kappa_2 | x^i) || N(0, I)]`` is the KL of the *whole* complementary
   representation of a sample: summed over messages, channels and voxels of every gate of a segmentor, averaged
@@ -164,12 +166,13 @@ class CIMLNetwork(MissingModalityNetwork):
     ``UNetDecoder`` with its layers as built); the gates (:class:`~nnunet_missingmod.methods.ciml.gates.CIGModule`)
     are :attr:`cigs`, ``cigs[m][s]`` the gate of segmentor ``m`` before its decoder stage ``s``.
     ``message_fusion`` is the Table 5 variant (:data:`~nnunet_missingmod.methods.ciml.gates.MESSAGE_FUSIONS`);
-    ``message_initial_std`` the variational gates' posterior std at initialisation (``CIGModule``'s ``initial_std``).
+    ``message_initial_std`` the variational gates' posterior std at initialisation (``CIGModule``'s ``initial_std``);
+    ``detach_messages`` cuts the gradient from a receiver's loss into the senders' encoders (module docstring).
     """
 
     def __init__(self, segmentors: Sequence[nn.Module], task_map: Sequence[Sequence[int]], num_regions: int,
                  message_fusion: str = 'attention_vi', fallback: bool = True,
-                 message_initial_std: Optional[float] = None):
+                 message_initial_std: Optional[float] = None, detach_messages: bool = False):
         super().__init__()
         if message_fusion not in MESSAGE_FUSIONS:
             raise ValueError(f"unknown CIML message fusion {message_fusion!r}; choose one of {MESSAGE_FUSIONS}")
@@ -180,6 +183,7 @@ class CIMLNetwork(MissingModalityNetwork):
         self.num_regions = num_regions
         self.message_fusion = message_fusion
         self.fallback = bool(fallback)
+        self.detach_messages = bool(detach_messages)
         for s in segmentors:
             if not hasattr(s, 'encoder') or not isinstance(getattr(s, 'decoder', None), UNetDecoder):
                 raise ValueError(f"{type(s).__name__} is not an encoder/UNetDecoder network; CIML needs the "
@@ -271,7 +275,9 @@ class CIMLNetwork(MissingModalityNetwork):
         return ('messages',) if len(self.cigs) else ()
 
     def _messages(self, messages: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(messages) if 'messages' in self.knocked_out else messages
+        if 'messages' in self.knocked_out:
+            return torch.zeros_like(messages)
+        return messages.detach() if self.detach_messages else messages
 
     def forward_with_mask(self, x: torch.Tensor, availability: torch.Tensor) -> NetworkOutput:
         avail = availability.to(x.dtype)
@@ -324,11 +330,12 @@ class CIMLNetwork(MissingModalityNetwork):
     def build_from_architecture(cls, architecture: PlansArchitecture, num_input_channels: int,
                                 num_output_channels: int, *, width_factor: float, deep_supervision: bool,
                                 task_map: Sequence[Sequence[int]], message_fusion: str = 'attention_vi',
-                                fallback: bool = True, message_initial_std: Optional[float] = None
-                                ) -> 'CIMLNetwork':
+                                fallback: bool = True, message_initial_std: Optional[float] = None,
+                                detach_messages: bool = False) -> 'CIMLNetwork':
         """``from_plans(configuration_manager, M, R, width_factor=..., deep_supervision=..., task_map=...,
-        message_fusion=..., fallback=..., message_initial_std=...)``: one segmentor per modality (one input channel
-        each), the plans' U-Net with its widths scaled, built by nnU-Net's ``get_network_from_plans``."""
+        message_fusion=..., fallback=..., message_initial_std=..., detach_messages=...)``: one segmentor per
+        modality (one input channel each), the plans' U-Net with its widths scaled, built by nnU-Net's ``get_network_from_plans``."""
         scaled = architecture.scaled(width_factor)
         segmentors = [scaled.build(1, num_output_channels, deep_supervision) for _ in range(num_input_channels)]
-        return cls(segmentors, task_map, num_output_channels, message_fusion, fallback, message_initial_std)
+        return cls(segmentors, task_map, num_output_channels, message_fusion, fallback, message_initial_std,
+                   detach_messages)

@@ -70,6 +70,9 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
     #: bottleneck (Alemi et al., ICLR 2017); None: PyTorch's default bias, sigma ~ 1 (the prior's), under which the
     #: messages are mostly noise in training and unused at inference (:class:`nnUNetTrainerCIML_priorInitStd`)
     ciml_message_initial_std: Optional[float] = math.exp(-5.0)
+    #: True: messages detached from their senders, whose encoders then learn from their own loss only (an ablation
+    #: of the mutual learning; the paper trains the messages end to end)
+    ciml_detach_messages: bool = False
     #: beta of Eq. 8 for the KL term, weight of the fallback heads' loss; kl_per_sample is logged only
     aux_loss_weights: Dict[str, float] = {'kl': 0.5, 'fallback': 0.1, 'kl_per_sample': 0.0}
     loss_term_units: Dict[str, str] = {'kl': 'nats/(voxel*region)', 'kl_per_sample': 'nats/sample'}
@@ -99,7 +102,8 @@ class nnUNetTrainerCIML(nnUNetTrainerMissingModality):
         return CIMLNetwork.from_plans(
             configuration_manager, num_input_channels, num_output_channels, width_factor=cls.width_factor,
             deep_supervision=enable_deep_supervision, task_map=task_map, message_fusion=cls.ciml_message_fusion,
-            fallback=cls.ciml_fallback, message_initial_std=cls.ciml_message_initial_std)
+            fallback=cls.ciml_fallback, message_initial_std=cls.ciml_message_initial_std,
+            detach_messages=cls.ciml_detach_messages)
 
     def initialize(self):
         super().initialize()
@@ -220,6 +224,14 @@ class nnUNetTrainerCIML_budget_NoMessage(nnUNetTrainerCIML_NoMessage, nnUNetTrai
 class nnUNetTrainerCIML_budget_MessageAttention(nnUNetTrainerCIML_MessageAttention, nnUNetTrainerCIML_budget):
     """Table 5's '+Message +Attention' at the budget width: :class:`nnUNetTrainerCIML_budget` with deterministic
     messages (no posterior, no KL), which tells what the variational part adds to the messages at this width."""
+
+
+class nnUNetTrainerCIML_budget_DetachedMessage(nnUNetTrainerCIML_budget):
+    """:class:`nnUNetTrainerCIML_budget` with its messages detached from their senders: every segmentor still
+    hears the others through its gates, but no loss reaches an encoder except its own segmentor's. Next to
+    ``_budget`` and ``_budget_NoMessage`` it tells whether a cost of message passing comes from what a segmentor
+    hears or from what the other segmentors' losses do to its encoder."""
+    ciml_detach_messages = True
 
 
 class nnUNetTrainerCIML_width1(nnUNetTrainerCIML):

@@ -92,7 +92,8 @@ def test_budget_gradient_differs_from_the_default_where_its_widths_differ(tmp_pa
     assert [s.encoder.output_channels for s in same.bare_network.segmentors] == [[4, 8, 8]] * 4
 
 
-@pytest.mark.parametrize('name', ['nnUNetTrainerCIML_budget_NoMessage', 'nnUNetTrainerCIML_budget_MessageAttention'])
+@pytest.mark.parametrize('name', ['nnUNetTrainerCIML_budget_NoMessage', 'nnUNetTrainerCIML_budget_MessageAttention',
+                                  'nnUNetTrainerCIML_budget_DetachedMessage'])
 def test_budget_ablation_keeps_the_budget_widths_and_changes_the_gradient(tmp_path, name):
     plans = small_plans((8, 16, 32, 64))
     budget = make_trainer(ct.nnUNetTrainerCIML_budget, tmp_path / 'budget', plans=plans)
@@ -145,6 +146,27 @@ def test_without_messages_a_segmentor_loss_stays_in_its_own_segmentor(tmp_path):
     norms = _segmentor_term_gradient_norms(trainer, 'seg_T1', torch.ones(2, 4, dtype=torch.bool))
     assert norms['T1'] > 0
     assert norms['T1ce'] == norms['T2'] == norms['FLAIR'] == 0.0
+
+
+def test_detached_messages_keep_the_output_and_each_loss_in_its_own_encoder(tmp_path):
+    budget = make_trainer(ct.nnUNetTrainerCIML_budget, tmp_path / 'budget')
+    detached = make_trainer(ct.nnUNetTrainerCIML_budget_DetachedMessage, tmp_path / 'detached', seed=1)
+    assert copy_matching_weights(budget.network, detached.network) == {n for n, _ in budget.network.named_parameters()}
+    data, _, availability = batch()
+    for net in (budget.network, detached.network):
+        net.eval()
+    with torch.no_grad():                     # the same weights hear the same messages: the same prediction
+        torch.testing.assert_close(detached.network(data, availability)[0], budget.network(data, availability)[0])
+    everyone = torch.ones(2, 4, dtype=torch.bool)
+    norms = _segmentor_term_gradient_norms(detached, 'seg_T1', everyone)
+    assert norms['T1'] > 0
+    assert norms['T1ce'] == norms['T2'] == norms['FLAIR'] == 0.0
+    gates = detached.bare_network.cigs[detached.modality_names.index('T1')]
+    data, target, _ = batch()
+    detached.network.train()
+    _, terms = detached.forward_loss(data, target, everyone)
+    gate_grads = torch.autograd.grad(terms['seg_T1'], list(gates.parameters()), allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in gate_grads if g is not None) > 0     # the messages are still heard
 
 
 # ------------------------------------------------------------------------------------------------ terms and weights
