@@ -334,7 +334,8 @@ class CIMLNetwork(MissingModalityNetwork):
                                 detach_messages: bool = False) -> 'CIMLNetwork':
         """``from_plans(configuration_manager, M, R, width_factor=..., deep_supervision=..., task_map=...,
         message_fusion=..., fallback=..., message_initial_std=..., detach_messages=...)``: one segmentor per
-        modality (one input channel each), the plans' U-Net with its widths scaled, built by nnU-Net's ``get_network_from_plans``."""
+        modality (one input channel each), the plans' U-Net with its widths scaled, built by nnU-Net's
+        ``get_network_from_plans``."""
         scaled = architecture.scaled(width_factor)
         segmentors = [scaled.build(1, num_output_channels, deep_supervision) for _ in range(num_input_channels)]
         return cls(segmentors, task_map, num_output_channels, message_fusion, fallback, message_initial_std,
