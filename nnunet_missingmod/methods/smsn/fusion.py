@@ -138,7 +138,10 @@ class SMSNFusion(nn.Module):
     3. **Reconstruction** (Eq. 6, loss ``'recon'``): two small decoders (:class:`ReconstructionDecoder`) rebuild the
        *input modalities* at the patch resolution: ``psi_0(z_1)`` the first two modalities of the drawn order,
        ``psi_1(z_2)`` the remaining ``M - 2`` (the equation's ``z_0/z_1`` subscripts are read as the two stage
-       outputs ``z_1/z_2``, as its text says). Loss: the unit-variance Gaussian NLL per voxel
+       outputs ``z_1/z_2``, as its text says). Each decoder gives one map per modality in channel order, Eq. 6's
+       ``q_psi(x_i | z)`` for modality ``i``, and only the maps of its stage's modalities are scored: with the
+       random fusion order a decoder with one output per *position* would have to tell from ``z`` which modality
+       it is rebuilding. Loss: the unit-variance Gaussian NLL per voxel
        (``0.5 * squared error``, nats/voxel), summed over the *present* modalities only (``M_i = 1``; a missing
        modality contributes exactly zero), weighted ``beta`` (stage I, default 0.7) and ``gamma`` (stage II,
        default 0.3) -- the best pair of Table 5 and the setting of Tables 2 and 4. Needs the network input
@@ -200,8 +203,8 @@ class SMSNFusion(nn.Module):
         self.stage2 = self._gaussian_head(conv_op, k1 + (num_modalities - 2) * channels, k2)
         self.common = conv_op(k2, channels, 1)
         if use_reconstruction:
-            self.reconstruct1 = ReconstructionDecoder(k1, 2, strides, block_kwargs, reconstruction_channels)
-            self.reconstruct2 = ReconstructionDecoder(k2, num_modalities - 2, strides, block_kwargs,
+            self.reconstruct1 = ReconstructionDecoder(k1, num_modalities, strides, block_kwargs, reconstruction_channels)
+            self.reconstruct2 = ReconstructionDecoder(k2, num_modalities, strides, block_kwargs,
                                                       reconstruction_channels) if num_modalities > 2 else None
         if use_specific:
             self.specific = ModalityTransformer(num_modalities + 1, channels, conv_op, num_heads, depth, mlp_ratio)
@@ -278,7 +281,7 @@ class SMSNFusion(nn.Module):
         b, m, c = features.shape[:3]
         order = self.draw_order(availability)
         rows = torch.arange(b, device=features.device)[:, None]
-        ordered, ordered_mask = features[rows, order], availability[rows, order]
+        ordered = features[rows, order]
 
         z1, mu1, logvar1 = self._sample(self.stage1, ordered[:, :2].flatten(1, 2))
         z2, mu2, logvar2 = self._sample(self.stage2, torch.cat([z1, ordered[:, 2:].flatten(1, 2)], 1))
@@ -296,13 +299,12 @@ class SMSNFusion(nn.Module):
                 if image is None:
                     raise ValueError("SMSN's reconstruction loss (Eq. 6) needs the input image: call "
                                      "fusion(features, availability, image) in training")
-                target = image[rows, order]
-                recon, zero = self._reconstruction_loss(self.reconstruct1, z1, target[:, :2],
-                                                        ordered_mask[:, :2])
+                stage_one = torch.zeros_like(availability).scatter_(1, order[:, :2], True)
+                recon, zero = self._reconstruction_loss(self.reconstruct1, z1, image, availability & stage_one)
                 recon, zero = self.beta * recon, self.beta * zero
                 if self.reconstruct2 is not None:
-                    recon2, zero2 = self._reconstruction_loss(self.reconstruct2, z2, target[:, 2:],
-                                                              ordered_mask[:, 2:])
+                    recon2, zero2 = self._reconstruction_loss(self.reconstruct2, z2, image,
+                                                              availability & ~stage_one)
                     recon, zero = recon + self.gamma * recon2, zero + self.gamma * zero2
                 losses['recon'], log['recon_zero'] = recon, zero
 

@@ -286,8 +286,8 @@ def _recon_fusion(m=4):
 
 
 def test_smsn_reconstruction_rebuilds_the_present_input_modalities():
-    """psi_0(z_1) -> the first two modalities of the order, psi_1(z_2) -> the others, at the patch resolution;
-    the image of a missing modality plays no part."""
+    """psi_0(z_1) and psi_1(z_2) give one map per modality (channel order) at the patch resolution; L_r scores
+    psi_0's maps of the first two modalities of the order and psi_1's of the others, present ones only."""
     fusion = _recon_fusion()
     fusion.set_order([2, 0, 3, 1])
     features = torch.randn(2, 4, 8, 2, 2, 2)
@@ -307,16 +307,15 @@ def test_smsn_reconstruction_rebuilds_the_present_input_modalities():
         changed = image.clone()
         changed[0, channel] += 1.0
         assert recon(changed).item() != base.item()
-    # by hand: beta * NLL of psi_0 vs channels (2, 0) + gamma * NLL of psi_1 vs channels (3, 1), masked
+    # by hand: beta * NLL of psi_0's maps 2, 0 + gamma * NLL of psi_1's maps 3, 1, each against its own modality
     torch.manual_seed(1)
     z1, _, _ = fusion._sample(fusion.stage1, features[:, [2, 0]].flatten(1, 2))
     z2, _, _ = fusion._sample(fusion.stage2, torch.cat([z1, features[:, [3, 1]].flatten(1, 2)], 1))
     p1, p2 = fusion.reconstruct1(z1), fusion.reconstruct2(z2)
-    assert p1.shape == (2, 2, 8, 8, 8) and p2.shape == (2, 2, 8, 8, 8)
-    present = availability[:, [2, 0, 3, 1]].float()
-    nll1 = (0.5 * (p1 - image[:, [2, 0]]).square()).mean((2, 3, 4)) * present[:, :2]
-    nll2 = (0.5 * (p2 - image[:, [3, 1]]).square()).mean((2, 3, 4)) * present[:, 2:]
-    expected = 0.7 * nll1.sum(1).mean() + 0.3 * nll2.sum(1).mean()
+    assert p1.shape == (2, 4, 8, 8, 8) and p2.shape == (2, 4, 8, 8, 8)
+    nll = lambda p, channels: (0.5 * (p[:, channels] - image[:, channels]).square()).mean((2, 3, 4)) \
+        * availability[:, channels].float()
+    expected = 0.7 * nll(p1, [2, 0]).sum(1).mean() + 0.3 * nll(p2, [3, 1]).sum(1).mean()
     assert base.item() == pytest.approx(expected.item(), rel=1e-5)
 
 

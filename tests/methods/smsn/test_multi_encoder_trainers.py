@@ -53,7 +53,8 @@ def test_smsn_defaults_follow_the_paper():
     # the reconstruction decoders reach the patch resolution (two x2 stages) from the (C, 2C) bottlenecks
     assert fusion.reconstruct1.scale == [4, 4, 4] and fusion.reconstruct2.scale == [4, 4, 4]
     assert fusion.reconstruct1.layers[0].in_channels == 16 and fusion.reconstruct2.layers[0].in_channels == 32
-    assert fusion.reconstruct1.layers[-1].out_channels == 2 and fusion.reconstruct2.layers[-1].out_channels == 2
+    # one map per modality, in channel order (q_psi(x_i | z) of Eq. 6 for every modality i)
+    assert fusion.reconstruct1.layers[-1].out_channels == 4 and fusion.reconstruct2.layers[-1].out_channels == 4
 
 
 def test_ablation_trainers_change_only_their_switch():

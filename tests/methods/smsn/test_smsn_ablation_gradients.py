@@ -17,10 +17,10 @@ from nnunet_missingmod.training.nnUNet_extTrainer import missingmod_trainers as 
 torch.set_num_threads(1)
 
 SEED = 0
-#: the relative gradient difference every variant must exceed. Measured (CPU, seed 0): noLr 0.070, fixed1 0.42,
-#: randomOnly 0.44 (missing-modality mask), fixed2 0.44, noReorder 0.51, noSpecific 0.86, noLo 0.86,
-#: bottleneck* 1.24-1.30; the default against its own copy 0.0
-MARGIN = 0.04
+#: the relative gradient difference every variant must exceed. Measured (CPU, seed 0, one map per modality from
+#: each reconstruction decoder): noLr 0.039, fixed1 0.35, randomOnly 0.35 (missing-modality mask), fixed2 0.39,
+#: noReorder 0.46, noSpecific 0.98, noLo 0.98, bottleneck* 1.31-1.34; the default against its own copy < 1e-5
+MARGIN = 0.02
 #: modalities present per sample: every sample misses some, so that "Random only" can put a missing one first
 MISSING = torch.tensor([[False, True, False, True], [True, False, False, False]])
 ALL_PRESENT = torch.ones(2, 4, dtype=torch.bool)
