@@ -229,6 +229,13 @@ class SMSNFusion(nn.Module):
             if self.initial_logvar is not None:   # output channels: K means, then K log-variances
                 nn.init.constant_(head[-1].bias[head[-1].out_channels // 2:], self.initial_logvar)
 
+    def bottleneck_parameters(self) -> List[nn.Parameter]:
+        """The parameters of the information bottleneck proper, the two Gaussian heads and the reconstruction
+        decoders (``nnUNetTrainerSMSN`` trains them with Adam, the rest of the network with nnU-Net's SGD)."""
+        modules = [self.stage1, self.stage2] + [getattr(self, name) for name in ('reconstruct1', 'reconstruct2')
+                                                if getattr(self, name, None) is not None]
+        return [p for module in modules for p in module.parameters()]
+
     def after_weight_init(self) -> None:
         """Called by the network after its He initialisation of every convolution."""
         self.reset_gaussian_heads()

@@ -8,11 +8,13 @@ from __future__ import annotations
 import math
 from typing import Dict, Optional, Tuple
 
+import torch
 from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import nnUNetTrainerVanillaAdam1en3
 
 from nnunet_missingmod.methods.fusion.trainers import nnUNetTrainerConcatFusion
 from nnunet_missingmod.methods.smsn.fusion import SMSNFusion
 from nnunet_missingmod.modalities import modality_index
+from nnunet_missingmod.training.optimizers import OptimizerPair, PolyLRSchedulerPerGroup
 
 #: SMSN Table 8: "Fixed 1" starts from the least informative modality, "Fixed 2" from the most informative one
 FIXED_ORDERS = {
@@ -50,6 +52,15 @@ class nnUNetTrainerSMSN(nnUNetTrainerConcatFusion):
       first of all shrink ``z~_2`` and the specific features, whose scale the dot product rewards. The cosine has
       the same zero set (zero iff orthogonal) and is scale-free. Set ``smsn_orthogonality_cosine = False`` for the
       dot product.
+
+    **Optimizers.** The information bottleneck proper (the Gaussian heads and the reconstruction decoders,
+    :meth:`~nnunet_missingmod.methods.smsn.fusion.SMSNFusion.bottleneck_parameters`) is trained with Adam at
+    :attr:`smsn_bottleneck_adam_lr`, the rest of the network with nnU-Net's SGD, both on nnU-Net's poly schedule.
+    Under SGD alone the reconstruction decoders learn nothing within nnU-Net-length schedules (their only losses are
+    per-voxel means, and SGD's step is proportional to the gradient), ``L_r`` then rewards no information in ``z``
+    and the KL compresses both latents to the prior; with Adam on these modules the decoders learn and the latents
+    stay informative (docs/results/2026-12-05-smsn-bottleneck-optimizer.md). The paper's encoders and decoder follow
+    mmFormer and M2FTrans, which train everything with Adam: :class:`nnUNetTrainerSMSN_Adam`.
     """
 
     #: 'random' (paper), 'random_only', 'none', or 'fixed' with the order :attr:`smsn_fixed_order`
@@ -72,6 +83,9 @@ class nnUNetTrainerSMSN(nnUNetTrainerConcatFusion):
     smsn_orthogonality_cosine: bool = True
     #: the Gaussian heads' posterior std at initialisation; None: the prior's (mu = 0, sigma = 1)
     smsn_initial_std: Optional[float] = None
+    #: Adam's learning rate for the Gaussian heads and reconstruction decoders (the class docstring); None: nnU-Net's
+    #: single optimizer for the whole network
+    smsn_bottleneck_adam_lr: Optional[float] = 1e-3
     #: see the class docstring: Eq. 4's compression weight 1 (the KL per sample scaled by the base trainer's rule),
     #: L_r and L_o as in the paper
     aux_loss_weights: Dict[str, float] = {'kl': 1.0, 'recon': 1.0, 'orth': 1.0}
@@ -93,6 +107,17 @@ class nnUNetTrainerSMSN(nnUNetTrainerConcatFusion):
                               orthogonality_cosine=cls.smsn_orthogonality_cosine,
                               initial_std=cls.smsn_initial_std)
         return build
+
+    def configure_optimizers(self):
+        optimizer, lr_scheduler = super().configure_optimizers()
+        if self.smsn_bottleneck_adam_lr is None:
+            return optimizer, lr_scheduler
+        bottleneck = self.bare_network.fusion.bottleneck_parameters()
+        ids = {id(p) for p in bottleneck}
+        rest = [p for p in self.network.parameters() if id(p) not in ids]
+        pair = OptimizerPair(type(optimizer)(rest, **optimizer.defaults),
+                             torch.optim.Adam(bottleneck, self.smsn_bottleneck_adam_lr, weight_decay=self.weight_decay))
+        return pair, PolyLRSchedulerPerGroup(pair, self.num_epochs)
 
     def initialize(self):
         super().initialize()
@@ -185,6 +210,13 @@ class nnUNetTrainerSMSN_Adam(nnUNetTrainerSMSN, nnUNetTrainerVanillaAdam1en3):
     reconstruction decoders of ``L_r`` learn nothing within the short schedules measured here (``recon`` stays at
     ``recon_zero``), so ``L_r`` rewards no information in ``z`` and the KL compresses the bottleneck to the prior;
     with Adam the decoders learn and the latent stays informative (docs/results/2026-12-03-mechanisms.md)."""
+    smsn_bottleneck_adam_lr = None
+
+
+class nnUNetTrainerSMSN_SGD(nnUNetTrainerSMSN):
+    """The whole network on nnU-Net's SGD, the Gaussian heads and reconstruction decoders included (the default
+    trains those with Adam, see :class:`nnUNetTrainerSMSN`); model and losses are the default's."""
+    smsn_bottleneck_adam_lr = None
 
 
 class nnUNetTrainerSMSN_smallInitStd(nnUNetTrainerSMSN):

@@ -13,6 +13,7 @@ import torch
 
 from conftest import copy_matching_weights, loss_gradients, make_trainer, relative_gradient_difference, small_plans
 from nnunet_missingmod.training.nnUNet_extTrainer import missingmod_trainers as ft
+from nnunet_missingmod.training.optimizers import OptimizerPair
 
 torch.set_num_threads(1)
 
@@ -42,7 +43,7 @@ def test_every_smsn_variant_trainer_is_covered():
                 if isinstance(cls, type) and issubclass(cls, ft.nnUNetTrainerSMSN) and cls is not ft.nnUNetTrainerSMSN}
     # the capacity reference, the optimizer and the initialisation variants train the default's loss: tests below
     assert variants == set(VARIANTS) | {ft.nnUNetTrainerSMSN_width1, ft.nnUNetTrainerSMSN_Adam,
-                                        ft.nnUNetTrainerSMSN_smallInitStd}
+                                        ft.nnUNetTrainerSMSN_SGD, ft.nnUNetTrainerSMSN_smallInitStd}
 
 
 def test_width1_encoders_have_the_plans_widths(tmp_path):
@@ -53,15 +54,59 @@ def test_width1_encoders_have_the_plans_widths(tmp_path):
     assert [e.output_channels for e in default.bare_network.encoders] == [[8, 8, 16]] * 4
 
 
-def test_adam_variant_trains_the_default_model_with_adam(tmp_path):
+def _ids(params):
+    return [id(p) for p in params]
+
+
+def test_default_trains_the_bottleneck_with_adam_and_the_rest_with_nnunets_sgd(tmp_path):
+    trainer = make_trainer(ft.nnUNetTrainerSMSN, tmp_path)
+    fusion = trainer.bare_network.fusion
+    optimizer = trainer.optimizer
+    assert isinstance(optimizer, OptimizerPair)
+    sgd, adam = optimizer.main, optimizer.auxiliary
+    assert type(sgd) is torch.optim.SGD and type(adam) is torch.optim.Adam
+    assert {k: sgd.defaults[k] for k in ('lr', 'momentum', 'nesterov', 'weight_decay')} == \
+        {'lr': trainer.initial_lr, 'momentum': 0.99, 'nesterov': True, 'weight_decay': trainer.weight_decay}
+    assert adam.defaults['lr'] == 1e-3 and adam.defaults['weight_decay'] == trainer.weight_decay
+    bottleneck = [p for name in ('stage1', 'stage2', 'reconstruct1', 'reconstruct2')
+                  for p in getattr(fusion, name).parameters()]
+    in_adam = [p for g in adam.param_groups for p in g['params']]
+    in_sgd = [p for g in sgd.param_groups for p in g['params']]
+    assert sorted(_ids(in_adam)) == sorted(_ids(bottleneck))
+    assert sorted(_ids(in_sgd + in_adam)) == sorted(_ids(trainer.network.parameters()))    # each exactly once
+    assert {id(fusion.common.weight), id(next(fusion.specific.parameters()))} <= set(_ids(in_sgd))
+    trainer.lr_scheduler.step(trainer.num_epochs // 2)       # nnU-Net's poly decay, each from its own start
+    factor = (1 - (trainer.num_epochs // 2) / trainer.num_epochs) ** 0.9
+    assert [g['lr'] for g in optimizer.param_groups] == pytest.approx([trainer.initial_lr * factor, 1e-3 * factor])
+
+
+def test_default_optimizer_state_survives_nnunets_checkpoint(tmp_path):
+    trainer = make_trainer(ft.nnUNetTrainerSMSN, tmp_path / 'a')
+    for p in trainer.network.parameters():
+        p.grad = torch.ones_like(p)
+    trainer.optimizer.step()                                  # Adam moments and SGD momentum buffers exist now
+    trainer.save_checkpoint(str(tmp_path / 'checkpoint.pth'))
+    resumed = make_trainer(ft.nnUNetTrainerSMSN, tmp_path / 'b', seed=1)
+    resumed.load_checkpoint(str(tmp_path / 'checkpoint.pth'))
+    for mine, theirs in ((trainer.optimizer.main, resumed.optimizer.main),
+                         (trainer.optimizer.auxiliary, resumed.optimizer.auxiliary)):
+        state, loaded = mine.state_dict()['state'], theirs.state_dict()['state']
+        assert len(state) == len(loaded) > 0
+        assert all(torch.equal(state[i][k], loaded[i][k]) for i in state for k in state[i])
+
+
+@pytest.mark.parametrize('cls, optimizer', [('nnUNetTrainerSMSN_Adam', torch.optim.Adam),
+                                            ('nnUNetTrainerSMSN_SGD', torch.optim.SGD)])
+def test_single_optimizer_variants_train_the_default_model(tmp_path, cls, optimizer):
     plans = small_plans((8, 16, 32))
-    adam = make_trainer(ft.nnUNetTrainerSMSN_Adam, tmp_path / 'adam', plans)
+    variant = make_trainer(getattr(ft, cls), tmp_path / 'variant', plans)
     default = make_trainer(ft.nnUNetTrainerSMSN, tmp_path / 'default', plans)
-    assert type(adam.optimizer) is torch.optim.Adam and type(default.optimizer) is torch.optim.SGD
-    assert adam.optimizer.param_groups[0]['lr'] == pytest.approx(1e-3)
-    assert {k: v.shape for k, v in adam.network.state_dict().items()} == \
+    assert type(variant.optimizer) is optimizer
+    assert variant.optimizer.param_groups[0]['lr'] == pytest.approx(1e-3 if optimizer is torch.optim.Adam else 1e-2)
+    assert sorted(_ids(variant.optimizer.param_groups[0]['params'])) == sorted(_ids(variant.network.parameters()))
+    assert {k: v.shape for k, v in variant.network.state_dict().items()} == \
         {k: v.shape for k, v in default.network.state_dict().items()}
-    assert adam.aux_loss_weights == default.aux_loss_weights
+    assert variant.aux_loss_weights == default.aux_loss_weights
 
 
 def test_small_initial_std_variant_starts_its_posteriors_at_that_std(tmp_path):
