@@ -17,15 +17,15 @@ SEEDS=${SEEDS:-"0 1"}
 CONFIGS=${CONFIGS:-"3d_compare 3d_wide"}
 HERE=$(dirname "$(realpath "$0")")
 
-# full models first (their logs and knock-outs answer whether each mechanism is alive; SMSN also trained with
-# Adam, under which its reconstruction decoders learn), then the ablations
+# full models first (their logs and knock-outs answer whether each mechanism is alive; SMSN also trained all on
+# Adam, and all on nnU-Net's SGD, under which its reconstruction decoders learn nothing), then the ablations
 # (SMSN Table 4, Hölder-MI Table V and CIML Table 5 at budget width), then the width-1 capacity references
 TRAINERS="nnUNetTrainerSMSN nnUNetTrainerCIML_budget nnUNetTrainerHolderMI_budget nnUNetTrainerModalityDropout
-nnUNetTrainerSMSN_Adam nnUNetTrainerSMSN_noLr nnUNetTrainerSMSN_noLo nnUNetTrainerHolderMI_budget_noMI
+nnUNetTrainerSMSN_Adam nnUNetTrainerSMSN_SGD nnUNetTrainerSMSN_noLr nnUNetTrainerSMSN_noLo nnUNetTrainerHolderMI_budget_noMI
 nnUNetTrainerHolderMI_budget_noHD nnUNetTrainerCIML_budget_NoMessage nnUNetTrainerSMSN_width1 nnUNetTrainerHolderMI
 nnUNetTrainerCIML_width1"
 KNOCKOUTS="nnUNetTrainerSMSN:bottleneck nnUNetTrainerSMSN:specific nnUNetTrainerCIML_budget:messages
-nnUNetTrainerSMSN_Adam:bottleneck nnUNetTrainerSMSN_Adam:specific"
+nnUNetTrainerSMSN_Adam:bottleneck nnUNetTrainerSMSN_Adam:specific nnUNetTrainerSMSN_SGD:bottleneck"
 
 for seed in $SEEDS; do
     for config in $CONFIGS; do
