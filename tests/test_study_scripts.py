@@ -13,7 +13,8 @@ NNUNET_TRAINERS = {'nnUNetTrainer_5epochs'}
 
 
 def named_trainers(script: Path) -> set:
-    """Every ``nnUNetTrainer...`` word of the script's ``TRAINERS`` / ``KNOCKOUTS`` values (``TRAINER:PATH`` pairs)."""
+    """Every ``nnUNetTrainer...`` word of the script, comments included: its ``TRAINERS`` values and the trainers
+    of its ``KNOCKOUTS`` pairs (``TRAINER:PATH``)."""
     words = set(re.findall(r'\bnnUNetTrainer\w*', script.read_text()))
     return {w for w in words if w != 'nnUNetTrainer'}          # "nnUNetTrainer took ..." in a comment
 

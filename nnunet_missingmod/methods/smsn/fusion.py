@@ -203,7 +203,8 @@ class SMSNFusion(nn.Module):
         self.stage2 = self._gaussian_head(conv_op, k1 + (num_modalities - 2) * channels, k2)
         self.common = conv_op(k2, channels, 1)
         if use_reconstruction:
-            self.reconstruct1 = ReconstructionDecoder(k1, num_modalities, strides, block_kwargs, reconstruction_channels)
+            self.reconstruct1 = ReconstructionDecoder(k1, num_modalities, strides, block_kwargs,
+                                                      reconstruction_channels)
             self.reconstruct2 = ReconstructionDecoder(k2, num_modalities, strides, block_kwargs,
                                                       reconstruction_channels) if num_modalities > 2 else None
         if use_specific:

@@ -204,7 +204,8 @@ class nnUNetTrainerSMSN_width1(nnUNetTrainerSMSN):
 # ---------------------------------------------------------------- optimizer
 class nnUNetTrainerSMSN_Adam(nnUNetTrainerSMSN, nnUNetTrainerVanillaAdam1en3):
     """SMSN trained with Adam (nnU-Net's ``nnUNetTrainerVanillaAdam1en3``: lr 1e-3, nnU-Net's weight decay and
-    poly schedule) instead of nnU-Net's SGD; model and losses are the default's.
+    poly schedule) for the whole network, instead of the default's nnU-Net SGD with Adam for the bottleneck alone;
+    model and losses are the default's.
 
     The paper's encoders and decoder follow mmFormer and M2FTrans, which train with Adam. Under nnU-Net's SGD the
     reconstruction decoders of ``L_r`` learn nothing within the short schedules measured here (``recon`` stays at
